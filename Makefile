@@ -1,0 +1,38 @@
+# linewatch: the two set-up commands are `make demo` and `make test`; each makes .venv if missing.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-nodeps.txt
+
+.PHONY: demo test test-all venv clean help
+
+help:
+	@echo "make demo      build the demo textures, train, inspect, print accuracy (creates .venv)"
+	@echo "make test      run the test suite without the slow end-to-end tests (creates .venv)"
+	@echo "make test-all  the whole suite, slow tests included"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned through constraints.txt (the 2.13.0 CPU wheel); the three --no-deps packages
+# declare dependencies they never import (see requirements-train.txt).
+$(STAMP): $(PY) $(DEPS)
+	$(PIP) install -q -c constraints.txt -e '.[train,test]'
+	$(PIP) install -q --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/linewatch demo --out demo-output
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

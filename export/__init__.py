@@ -1,0 +1,1 @@
+"""torch -> ONNX bundle: export, parity check, manifest."""

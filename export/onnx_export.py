@@ -1,0 +1,65 @@
+"""torch -> ONNX for the scoring graph, with a torch-vs-onnxruntime parity check."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from ..runtime.bundle import ModelSpec
+
+INPUT_NAME, SCORE_NAME, MAP_NAME = "image", "score", "patch_scores"
+
+
+class ParityError(RuntimeError):
+    """onnxruntime's scores differ from torch's by more than the stated tolerance."""
+
+
+def export_scorer(scorer: nn.Module, channels: int, height: int, width: int, path: str | Path, opset: int = 17) -> None:
+    """Write ``scorer`` as ONNX: input ``image (N, C, H, W)``, outputs ``score (N,)`` and ``patch_scores (N, h, w)``.
+
+    The batch axis is dynamic; the image size is fixed (the manifest states it).
+    """
+    dummy = torch.zeros(2, channels, height, width)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(scorer.eval(), (dummy,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[SCORE_NAME, MAP_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "n"}, SCORE_NAME: {0: "n"}, MAP_NAME: {0: "n"}})
+
+
+def model_spec(map_shape: tuple[int, int], opset: int, backbone: str, precision: str = "fp32") -> ModelSpec:
+    return ModelSpec(file="model.onnx", input_name=INPUT_NAME, score_output=SCORE_NAME, map_output=MAP_NAME,
+                     map_height=int(map_shape[0]), map_width=int(map_shape[1]), opset=opset,
+                     precision=precision, backbone=backbone)
+
+
+@torch.no_grad()
+def check_parity(scorer: nn.Module, onnx_path: str | Path, images: np.ndarray, rtol: float, atol: float) -> dict:
+    """Score ``images`` ``float32 (N, C, H, W)`` with torch and onnxruntime; raise :class:`ParityError` when
+    any image score differs by more than ``atol + rtol * max(1, |torch score|)``.
+
+    Returns the measured figures (recorded in the manifest).
+    """
+    t_scores, t_maps = scorer.eval()(torch.from_numpy(images))
+    t_scores, t_maps = t_scores.numpy().astype(np.float64), t_maps.numpy().astype(np.float64)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    o_scores, o_maps = sess.run([SCORE_NAME, MAP_NAME], {INPUT_NAME: images})
+    diff = np.abs(o_scores.astype(np.float64) - t_scores)
+    allowed = atol + rtol * np.maximum(1.0, np.abs(t_scores))
+    figures = {
+        "n_images": int(images.shape[0]),
+        "max_abs_score_diff": float(diff.max()),
+        "max_abs_map_diff": float(np.abs(o_maps - t_maps).max()),
+        "tolerance": f"|onnx - torch| <= {atol} + {rtol} * max(1, |score|) for every image score",
+        "rtol": rtol, "atol": atol,
+    }
+    worst = int(np.argmax(diff - allowed))
+    if diff[worst] > allowed[worst]:
+        raise ParityError(f"onnxruntime and torch disagree: image {worst} scores {o_scores[worst]:.6g} vs "
+                          f"{t_scores[worst]:.6g} (|diff| {diff[worst]:.3g} > allowed {allowed[worst]:.3g}); "
+                          "the bundle was not written. Report this with the config used.")
+    return figures

@@ -1,0 +1,1 @@
+"""Jobs combining training and export (train, demo) and their command-line glue."""

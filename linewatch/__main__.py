@@ -1,0 +1,3 @@
+from linewatch.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""The ``linewatch`` command. Subcommands import what they need, so ``inspect`` never loads torch."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EPILOG = """\
+exit codes: 0 success, 1 the job failed (message on stderr), 2 bad command line.
+docs: README.md (bundle format, layout, configuration)."""
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from linewatch.jobs.train import run_train
+
+    _, summary = run_train(args.data, args.out, args.config, _say, overwrite=args.overwrite)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from linewatch.runtime.inspect_run import run_inspection
+    from linewatch.runtime.inspector import Inspector
+
+    inspector = Inspector(args.bundle, threads=args.threads)
+    summary = run_inspection(inspector, args.source, args.out, batch_size=args.batch_size,
+                             heatmaps=not args.no_heatmaps, progress=_say)
+    print(json.dumps(summary.to_dict()))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from linewatch.jobs.demo import format_reports, run_demo
+    from linewatch.training.demo_data import DemoSpec
+
+    spec = DemoSpec(n_train=args.n_train)
+    reports = run_demo(args.out, tuple(args.textures), spec, args.config, _say)
+    print(format_reports(reports))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="linewatch", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Visual anomaly detection for factory lines: train on good images, inspect on the edge.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train on good images and write a bundle",
+                       description="Fit a detector on good images only and write a verified bundle "
+                                   "(model.onnx + manifest.json). Progress goes to stderr; a JSON summary to stdout.")
+    t.add_argument("--data", required=True, metavar="DIR",
+                   help="a folder of good images (recursive), or an MVTec-style category folder (train/good, test/...)")
+    t.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write (must not exist)")
+    t.add_argument("--config", metavar="FILE", help="YAML configuration (see configs/default.yaml); defaults if omitted")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("inspect", help="score images with a bundle (edge runtime, no torch)",
+                       description="Score an image, a folder (recursive) or a glob. Writes OUT/results.jsonl (one JSON "
+                                   "object per image: source, score, threshold, anomalous, p_value, error, latency_ms, "
+                                   "bundle, heatmap) and OUT/heatmaps/*.png for flagged images. Re-running into the same "
+                                   "OUT resumes where it stopped.")
+    i.add_argument("--bundle", required=True, metavar="BUNDLE", help="bundle folder written by `linewatch train`")
+    i.add_argument("--source", required=True, metavar="SRC", help="an image file, a folder, or a glob such as 'cam1/*.png'")
+    i.add_argument("--out", required=True, metavar="DIR", help="output folder for results.jsonl and heat maps")
+    i.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per model call (default 8)")
+    i.add_argument("--threads", type=int, default=0, metavar="N", help="onnxruntime threads (default 0 = all cores)")
+    i.add_argument("--no-heatmaps", action="store_true", help="do not write heat-map overlays")
+    i.set_defaults(func=cmd_inspect)
+
+    d = sub.add_parser("demo", help="build the demo textures, train, inspect and report accuracy",
+                       description="Builds the built-in demo data (scikit-image textures with defect-synthesis "
+                                   "defects), trains a bundle per texture, inspects each test split and prints image "
+                                   "AUROC and the false-alarm rate on good test images against the target.")
+    d.add_argument("--out", default="demo-output", metavar="DIR", help="working folder (default ./demo-output)")
+    d.add_argument("--textures", nargs="+", default=["brick", "gravel", "grass"], choices=["brick", "gravel", "grass"])
+    d.add_argument("--n-train", type=int, default=200, metavar="N", help="good training crops per texture (default 200)")
+    d.add_argument("--config", metavar="FILE", help="YAML configuration for training")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except (OSError, ValueError, RuntimeError) as exc:
+        _say(f"linewatch {args.command}: error: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The bundle: the contract between training and the edge.
+
+A bundle is a folder::
+
+    BUNDLE/
+      manifest.json   versioned description (this module's :class:`Manifest`)
+      model.onnx      image batch in -> image scores and patch-score map out
+      ...             further files listed in the manifest (e.g. later graphs)
+
+Every file except ``manifest.json`` is listed in ``manifest["files"]`` with its sha256 and size and
+is verified on load. Bundles are written to a temporary sibling folder and renamed into place, so a
+reader never sees a partial bundle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .preprocess import InputSpec
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+BUNDLE_FORMAT = "linewatch-bundle"
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be used; the message says which bundle, what is wrong and what to do."""
+
+
+def linewatch_version() -> str:
+    try:
+        return metadata.version("linewatch")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "0.0.0+unknown"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelSpec:
+    """The scoring graph. ``score_output``: ``float32 (N,)``; ``map_output``: ``float32 (N, map_height, map_width)``."""
+
+    file: str = "model.onnx"
+    input_name: str = "image"
+    score_output: str = "score"
+    map_output: str = "patch_scores"
+    map_height: int = 28
+    map_width: int = 28
+    opset: int = 17
+    precision: str = "fp32"
+    backbone: str = "lite0"
+
+
+@dataclass
+class Decision:
+    """How a score becomes a verdict: ``anomalous = score > threshold``.
+
+    ``score`` is the largest patch score of the image: a patch's negative log-density (nats) under
+    the Parzen density of good-patch features.
+    """
+
+    threshold: float
+    target_false_alarm_rate: float
+    score_definition: str = "max over patches of -log p(patch feature), nats"
+
+
+@dataclass
+class Calibration:
+    """Conformal calibration figures. ``scores``: out-of-fold image scores of good training images."""
+
+    method: str
+    scores: list[float]
+    target_reachable: bool
+    heatmap_low: float
+    folds: int = 0
+    false_alarm_rate_on_calibration: float = 0.0
+
+
+@dataclass
+class Manifest:
+    model: ModelSpec
+    input: InputSpec
+    decision: Decision
+    calibration: Calibration
+    density: dict[str, Any] = field(default_factory=dict)
+    training_data: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    format: str = BUNDLE_FORMAT
+    linewatch_version: str = field(default_factory=linewatch_version)
+    created_utc: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input"] = self.input.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> "Manifest":
+        if not isinstance(d, dict):
+            raise BundleError(f"{where}: the manifest is not a JSON object")
+        if d.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{where}: not a linewatch bundle manifest (format={d.get('format')!r})")
+        version = d.get("schema_version")
+        if not isinstance(version, int):
+            raise BundleError(f"{where}: schema_version is missing or not an integer")
+        if version > SCHEMA_VERSION:
+            raise BundleError(f"{where}: manifest schema {version} is newer than this linewatch understands "
+                              f"({SCHEMA_VERSION}); upgrade linewatch on this station to load it")
+        theirs = str(d.get("linewatch_version", "0")).split(".")[0]
+        ours = linewatch_version().split(".")[0]
+        if theirs != ours:
+            raise BundleError(f"{where}: made by linewatch {d.get('linewatch_version')}, this is {linewatch_version()}; "
+                              "major versions differ: re-export the bundle with this version")
+        try:
+            return cls(
+                model=ModelSpec(**d["model"]),
+                input=InputSpec.from_dict(d["input"]),
+                decision=Decision(**d["decision"]),
+                calibration=Calibration(**d["calibration"]),
+                density=dict(d.get("density", {})),
+                training_data=dict(d.get("training_data", {})),
+                parity=dict(d.get("parity", {})),
+                lineage=dict(d.get("lineage", {})),
+                files=dict(d["files"]),
+                schema_version=version,
+                format=d["format"],
+                linewatch_version=d["linewatch_version"],
+                created_utc=d.get("created_utc", ""),
+            )
+        except KeyError as exc:
+            raise BundleError(f"{where}: required field {exc} is missing; the bundle is incomplete, re-export it") from exc
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: a field has the wrong form ({exc}); re-export the bundle") from exc
+
+
+@dataclass
+class Bundle:
+    """A verified bundle on disk. Use :meth:`load`; ``id`` is the manifest's sha256 (first 16 hex digits)."""
+
+    path: Path
+    manifest: Manifest
+    id: str
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+        """Read ``manifest.json`` and, with ``verify``, check every listed file's size and sha256."""
+        root = Path(path)
+        mpath = root / MANIFEST_NAME
+        if not root.is_dir():
+            raise BundleError(f"{root}: no such bundle folder; pass the folder written by `linewatch train`")
+        if not mpath.is_file():
+            raise BundleError(f"{root}: {MANIFEST_NAME} is missing; this is not a complete linewatch bundle")
+        raw = mpath.read_bytes()
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{mpath}: not valid JSON ({exc}); the bundle is damaged, copy it again") from exc
+        manifest = Manifest.from_dict(data, where=str(mpath))
+        if manifest.model.file not in manifest.files:
+            raise BundleError(f"{mpath}: the model file {manifest.model.file!r} is not listed under files")
+        if verify:
+            for name, info in manifest.files.items():
+                f = root / name
+                if not f.is_file():
+                    raise BundleError(f"{root}: file {name!r} listed in the manifest is missing; copy the whole bundle folder")
+                if f.stat().st_size != info.get("bytes") or sha256_file(f) != info.get("sha256"):
+                    raise BundleError(f"{f}: checksum mismatch with the manifest; the file was changed or damaged "
+                                      "in transit; copy the bundle again from its source")
+        return cls(path=root, manifest=manifest, id=hashlib.sha256(raw).hexdigest()[:16])
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, str | os.PathLike | bytes],
+                 overwrite: bool = False) -> Bundle:
+    """Write a bundle atomically: files go to a temporary sibling folder that is renamed to ``out``.
+
+    Args:
+        out: destination folder (must not exist unless ``overwrite``).
+        manifest: its ``files`` entry is filled in here.
+        files: name -> source path (copied) or bytes.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out}: already exists; choose another --out or remove it first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        manifest.files = {}
+        for name, src in files.items():
+            dst = tmp / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(src, (bytes, bytearray)):
+                dst.write_bytes(src)
+            else:
+                shutil.copyfile(src, dst)
+            manifest.files[name] = {"sha256": sha256_file(dst), "bytes": dst.stat().st_size}
+        with open(tmp / MANIFEST_NAME, "w") as f:
+            json.dump(manifest.to_dict(), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Bundle.load(out)

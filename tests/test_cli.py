@@ -1,0 +1,44 @@
+import json
+import subprocess
+import sys
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "linewatch", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_explains_every_subcommand():
+    top = run("--help")
+    assert top.returncode == 0
+    for cmd in ("train", "inspect", "demo"):
+        assert cmd in top.stdout
+        sub = run(cmd, "--help")
+        assert sub.returncode == 0 and "--out" in sub.stdout
+
+
+def test_bad_command_line_exits_2():
+    assert run("inspect").returncode == 2
+    assert run("frobnicate").returncode == 2
+
+
+def test_errors_go_to_stderr_with_exit_1(tmp_path):
+    p = run("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "b"))
+    assert p.returncode == 1 and "no such folder" in p.stderr and p.stdout == ""
+    p = run("inspect", "--bundle", str(tmp_path), "--source", ".", "--out", str(tmp_path / "o"))
+    assert p.returncode == 1 and "manifest.json is missing" in p.stderr
+    (tmp_path / "cfg.yaml").write_text("density:\n  bank_sise: 10\n")
+    (tmp_path / "imgs").mkdir()
+    p = run("train", "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "b"), "--config", str(tmp_path / "cfg.yaml"))
+    assert p.returncode == 1 and "bank_sise" in p.stderr
+
+
+def test_train_prints_a_json_summary(small_category, tmp_path):
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("model: {image_size: 64}\ndensity: {bank_size: 128, max_candidates: 2000, folds: 2}\nthreads: 2\n")
+    p = run("train", "--data", str(small_category), "--out", str(tmp_path / "b"), "--config", str(cfg))
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["n_images"] == 24 and (tmp_path / "b" / "manifest.json").is_file()
+    assert "cross-fitting" in p.stderr                        # progress is shown
+    again = run("train", "--data", str(small_category), "--out", str(tmp_path / "b"), "--config", str(cfg))
+    assert again.returncode == 1 and "already exists" in again.stderr

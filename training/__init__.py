@@ -1,0 +1,1 @@
+"""Training side (torch): features, densities, calibration inputs. Never imports linewatch.export."""

@@ -1,0 +1,1 @@
+"""Backbones producing level-1 patch feature maps."""

@@ -1,0 +1,129 @@
+"""Training configuration: plain dataclasses read from YAML (no class-path magic).
+
+Unknown keys are errors (a typo must not silently fall back to a default). See ``configs/default.yaml``
+for every option with its meaning.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "lite0"          # "lite0" (ImageNet EfficientNet-Lite0) or "conv_ae" (trained from scratch)
+    image_size: int = 224            # model input height = width, pixels
+    channels: int = 3                # 3 (RGB) or 1 (grey; conv_ae only)
+
+
+@dataclass
+class ConvAEConfig:
+    """The small convolutional autoencoder option for tiny (grey) images."""
+
+    width: int = 32                  # channels of the first encoder stage (second stage: 2x)
+    epochs: int = 40
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+
+
+@dataclass
+class DensityConfig:
+    bank_size: int = 2048            # patch features kept in the Parzen bank (greedy coreset)
+    max_candidates: int = 30000      # random patches the coreset is chosen from
+    coreset_projection: int = 32     # random-projection dims used only to pick the coreset
+    weighted: bool = True            # weight each bank point by the patches it stands for
+    folds: int = 5                   # cross-fitting folds for bandwidth choice and calibration scores
+    bandwidth_patches: int = 20000   # held-out patches (over all folds) that choose the bandwidth
+    bandwidth_factors: list[float] = field(
+        default_factory=lambda: [0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0])
+    # candidate bandwidths = factor x median distance of held-out patches to their nearest bank point
+
+
+@dataclass
+class CalibrationConfig:
+    target_false_alarm_rate: float = 0.01   # fraction of good images allowed to be flagged
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 17
+    parity_images: int = 16                 # held-out images scored by torch and onnxruntime
+    parity_rtol: float = 1e-4               # |torch - onnx| <= rtol * max(1, |score|) ...
+    parity_atol: float = 1e-3               # ... + atol, for every image score
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    conv_ae: ConvAEConfig = field(default_factory=ConvAEConfig)
+    density: DensityConfig = field(default_factory=DensityConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    seed: int = 0
+    batch_size: int = 16             # images per forward pass during feature extraction
+    threads: int = 0                 # torch threads; 0 = all cores
+
+    def validate(self) -> "TrainConfig":
+        m = self.model
+        if m.backbone not in ("lite0", "conv_ae"):
+            raise ConfigError(f"model.backbone must be 'lite0' or 'conv_ae', got {m.backbone!r}")
+        if m.channels not in (1, 3):
+            raise ConfigError(f"model.channels must be 1 or 3, got {m.channels}")
+        if m.backbone == "lite0" and m.channels != 3:
+            raise ConfigError("model.backbone 'lite0' needs model.channels: 3 (grey images are replicated)")
+        if not 16 <= m.image_size <= 1024 or m.image_size % 16:
+            raise ConfigError(f"model.image_size must be a multiple of 16 in [16, 1024], got {m.image_size}")
+        if not 0 < self.calibration.target_false_alarm_rate < 0.5:
+            raise ConfigError("calibration.target_false_alarm_rate must be in (0, 0.5)")
+        if self.density.folds < 2:
+            raise ConfigError("density.folds must be at least 2")
+        if self.density.bank_size < 16:
+            raise ConfigError("density.bank_size must be at least 16")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = known[name]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(sub):
+            kwargs[name] = _build(sub, value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any] | None, where: str = "config") -> TrainConfig:
+    return _build(TrainConfig, data or {}, where).validate()
+
+
+def load_config(path: str | Path | None) -> TrainConfig:
+    """Read a YAML file into a validated :class:`TrainConfig`; ``None`` gives the defaults."""
+    if path is None:
+        return TrainConfig().validate()
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+    return config_from_dict(data, where=str(p))

@@ -1,0 +1,170 @@
+"""Fitting the level-1 patch-density detector on good images only.
+
+1. Level-1 patch features of every training image (frozen Lite0, or a conv autoencoder trained here).
+2. Cross-fitting over ``folds`` groups of images: for each fold, a Parzen bank is built from the
+   other folds' patches (greedy coreset, weighted by the patches each centre covers), and the held-out
+   patches get log-densities for a grid of bandwidths. The bandwidth with the highest held-out mean
+   log-likelihood wins. Each training image thereby gets an out-of-fold image score, which is what a
+   new good image would score: these are the conformal calibration scores.
+3. The final bank is built from all images' patches with the chosen bandwidth.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..runtime.calibration import ConformalCalibrator
+from ..runtime.preprocess import InputSpec
+from .backbones.conv_ae import train_conv_ae
+from .config import TrainConfig
+from .coreset import coverage_weights, greedy_coreset, nearest_index
+from .features import PatchFeatures, extract, lite0_patch_features, to_patches
+from .parzen import ParzenDensity, log_density, log_density_grid
+from .scorer import PatchDensityScorer, image_score
+
+Progress = Callable[[str], None]
+
+
+def input_spec_for(config: TrainConfig) -> InputSpec:
+    m = config.model
+    if m.channels == 3:
+        return InputSpec(m.image_size, m.image_size, 3, "RGB", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    return InputSpec(m.image_size, m.image_size, 1, "GRAY", (0.5,), (0.5,))
+
+
+@dataclass
+class PatchBank:
+    """Kernel centres ``(M, D)`` and their weights ``(M,)`` (``None`` = uniform)."""
+
+    centres: np.ndarray
+    weights: np.ndarray | None
+
+
+@dataclass
+class FittedDetector:
+    """Everything export needs. ``scorer`` is the pure graph; the rest goes into the manifest."""
+
+    scorer: PatchDensityScorer
+    input_spec: InputSpec
+    calibrator: ConformalCalibrator
+    bandwidth: float
+    heatmap_low: float
+    map_shape: tuple[int, int]
+    backbone: str
+    figures: dict = field(default_factory=dict)
+
+
+def build_bank(patches: np.ndarray, config: TrainConfig, seed: int) -> PatchBank:
+    """``patches`` ``(P, D)`` -> a coreset bank of at most ``density.bank_size`` centres."""
+    d = config.density
+    rng = np.random.default_rng(seed)
+    cand = patches if patches.shape[0] <= d.max_candidates else \
+        patches[rng.choice(patches.shape[0], d.max_candidates, replace=False)]
+    idx = greedy_coreset(cand, d.bank_size, d.coreset_projection, seed)
+    centres = np.ascontiguousarray(cand[idx])
+    return PatchBank(centres, coverage_weights(cand, centres) if d.weighted else None)
+
+
+def _features_module(images: np.ndarray, config: TrainConfig, progress: Progress) -> PatchFeatures:
+    if config.model.backbone == "lite0":
+        return lite0_patch_features()
+    ae_cfg = config.conv_ae
+    progress(f"training the conv autoencoder on {len(images)} images ({ae_cfg.epochs} epochs)")
+    ae = train_conv_ae(images, config.model.channels, ae_cfg.width, ae_cfg.epochs, ae_cfg.learning_rate,
+                       ae_cfg.batch_size, config.seed, progress)
+    return PatchFeatures(ae, ae.tap_channels, ae.tap_strides[0])
+
+
+def assign_folds(groups: list[str], folds: int, seed: int) -> np.ndarray:
+    """Fold index ``int (N,)`` of each image; images of one group share a fold. Groups are shuffled,
+    then dealt to the fold with the fewest images so far (largest groups first)."""
+    names, inverse, sizes = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True,
+                                      return_counts=True)
+    k = min(folds, len(names))
+    order = np.random.default_rng(seed).permutation(len(names))
+    order = order[np.argsort(-sizes[order], kind="stable")]
+    load, fold_of_group = np.zeros(k), np.empty(len(names), dtype=np.int64)
+    for g in order:
+        fold_of_group[g] = int(np.argmin(load))
+        load[fold_of_group[g]] += sizes[g]
+    return fold_of_group[inverse]
+
+
+def fit_detector(images: np.ndarray, config: TrainConfig, progress: Progress | None = None,
+                 groups: list[str] | None = None) -> FittedDetector:
+    """Fit on good images ``float32 (N, C, H, W)`` (model inputs from ``preprocess``).
+
+    ``groups`` (one label per image) keeps related images in the same cross-fitting fold; by default
+    every image is its own group.
+    """
+    say = progress or (lambda _msg: None)
+    n = images.shape[0]
+    if n < 2:
+        raise ValueError(f"training needs at least 2 good images, got {n}")
+    fold_of = assign_folds(groups if groups is not None else [str(i) for i in range(n)],
+                           config.density.folds, config.seed)
+    folds = int(fold_of.max()) + 1
+    if folds < 2:
+        raise ValueError("all training images are in one group (subfolder); cross-fitting needs at least two "
+                         "groups: put images directly in the training folder or in two or more subfolders")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    t0 = time.perf_counter()
+    features = _features_module(images, config, say).eval()
+    maps = extract(features, images, config.batch_size,
+                   lambda i, k: say(f"features {i}/{k} images") if i == k or i % (8 * config.batch_size) == 0 else None)
+    _, dim, h, w = maps.shape
+    rng = np.random.default_rng(config.seed)
+    patches = to_patches(maps)                                  # (N, h*w, D)
+    t_feat = time.perf_counter() - t0
+
+    factors = np.asarray(config.density.bandwidth_factors, dtype=np.float64)
+    sample_per_fold = max(1, config.density.bandwidth_patches // folds)
+    banks, grid, lls = [], None, []
+    for k in range(folds):
+        bank = build_bank(patches[fold_of != k].reshape(-1, dim), config, config.seed + k)
+        z = patches[fold_of == k].reshape(-1, dim)
+        z = z[rng.choice(z.shape[0], min(sample_per_fold, z.shape[0]), replace=False)]
+        if grid is None:   # one grid for all folds, scaled to the typical held-out-to-bank distance
+            _, d2 = nearest_index(z, bank.centres)
+            grid = factors * (float(np.sqrt(np.median(d2))) or 1.0)
+        lls.append(log_density_grid(z, bank.centres, bank.weights, grid))
+        banks.append(bank)
+        say(f"cross-fitting fold {k + 1}/{folds}: bank of {bank.centres.shape[0]} patches")
+    mean_ll = np.concatenate(lls).mean(axis=0)
+    best = int(np.argmax(mean_ll))
+    bandwidth = float(grid[best])
+    if best in (0, len(grid) - 1):
+        say(f"warning: the best bandwidth is at the edge of the grid ({bandwidth:.4g}); widen density.bandwidth_factors")
+    # out-of-fold scores of every held-out image, by the same module the exported graph uses
+    oof_patch_scores = np.empty((n, h * w))
+    for k, bank in enumerate(banks):
+        held = fold_of == k
+        lp = log_density(ParzenDensity(bank.centres, bandwidth, bank.weights), patches[held].reshape(-1, dim))
+        oof_patch_scores[held] = -lp.reshape(-1, h * w)
+    oof_image_scores = image_score(torch.from_numpy(oof_patch_scores.reshape(n, h, w))).numpy()
+    calibrator = ConformalCalibrator(config.calibration.target_false_alarm_rate).fit(oof_image_scores)
+    if not calibrator.target_reachable_:
+        say(f"warning: {n} good images cannot guarantee a false-alarm rate of "
+            f"{calibrator.alpha:g}; at least {calibrator.min_images_for_target_} are needed. "
+            "The threshold is the highest calibration score.")
+
+    bank = build_bank(patches.reshape(-1, dim), config, config.seed + folds)
+    density = ParzenDensity(bank.centres, bandwidth, bank.weights)
+    scorer = PatchDensityScorer(features, density).eval()
+    say(f"final bank: {bank.centres.shape[0]} of {n * h * w} patches, bandwidth {bandwidth:.4g}, "
+        f"threshold {calibrator.threshold_:.4g}")
+    figures = {
+        "n_images": int(n), "feature_dim": int(dim), "map_shape": [int(h), int(w)],
+        "bank_size": int(bank.centres.shape[0]), "folds": int(folds),
+        "bandwidth_grid": [float(g) for g in grid], "heldout_mean_loglik": [float(v) for v in mean_ll],
+        "feature_seconds": round(t_feat, 2), "fit_seconds": round(time.perf_counter() - t0, 2),
+    }
+    return FittedDetector(scorer=scorer, input_spec=input_spec_for(config), calibrator=calibrator,
+                          bandwidth=bandwidth, heatmap_low=float(np.median(oof_patch_scores)),
+                          map_shape=(int(h), int(w)), backbone=config.model.backbone, figures=figures)
