@@ -19,7 +19,9 @@ def build_manifest(det: FittedDetector, config: TrainConfig, parity: dict[str, A
     return Manifest(
         model=model_spec(det.map_shape, config.export.opset, det.backbone),
         input=det.input_spec,
-        decision=Decision(threshold=float(cal.threshold_), target_false_alarm_rate=cal.alpha),
+        decision=Decision(threshold=float(cal.threshold_), target_false_alarm_rate=cal.alpha,
+                          score_definition=f"mean of the {det.figures['top_k']} largest patch scores; "
+                                           "patch score = -log p(patch feature), nats"),
         calibration=Calibration(
             method="cross-conformal (out-of-fold image scores of good training images)",
             scores=[float(s) for s in cal.scores_], target_reachable=bool(cal.target_reachable_),

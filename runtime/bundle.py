@@ -69,13 +69,13 @@ class ModelSpec:
 class Decision:
     """How a score becomes a verdict: ``anomalous = score > threshold``.
 
-    ``score`` is the largest patch score of the image: a patch's negative log-density (nats) under
-    the Parzen density of good-patch features.
+    ``score`` aggregates the image's patch scores (``score_definition`` says how); a patch score is
+    the patch feature's negative log-density (nats) under the Parzen density of good-patch features.
     """
 
     threshold: float
     target_false_alarm_rate: float
-    score_definition: str = "max over patches of -log p(patch feature), nats"
+    score_definition: str = "mean of the top-k patch scores; patch score = -log p(patch feature), nats"
 
 
 @dataclass

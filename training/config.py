@@ -20,6 +20,8 @@ class ModelConfig:
     backbone: str = "lite0"          # "lite0" (ImageNet EfficientNet-Lite0) or "conv_ae" (trained from scratch)
     image_size: int = 224            # model input height = width, pixels
     channels: int = 3                # 3 (RGB) or 1 (grey; conv_ae only)
+    feature_strides: list[int] = field(default_factory=lambda: [16])   # lite0: 8 and/or 16; conv_ae: 2 and/or 4
+    patch_pool: int = 3              # average features over pool x pool neighbouring patches (1 = off)
 
 
 @dataclass
@@ -46,6 +48,11 @@ class DensityConfig:
 
 
 @dataclass
+class ScoringConfig:
+    top_k: int = 10                  # image score = mean of the top_k largest patch scores
+
+
+@dataclass
 class CalibrationConfig:
     target_false_alarm_rate: float = 0.01   # fraction of good images allowed to be flagged
 
@@ -63,6 +70,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     conv_ae: ConvAEConfig = field(default_factory=ConvAEConfig)
     density: DensityConfig = field(default_factory=DensityConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     seed: int = 0
@@ -79,6 +87,13 @@ class TrainConfig:
             raise ConfigError("model.backbone 'lite0' needs model.channels: 3 (grey images are replicated)")
         if not 16 <= m.image_size <= 1024 or m.image_size % 16:
             raise ConfigError(f"model.image_size must be a multiple of 16 in [16, 1024], got {m.image_size}")
+        allowed = {"lite0": {8, 16}, "conv_ae": {2, 4}}[m.backbone]
+        if not m.feature_strides or not set(m.feature_strides) <= allowed:
+            raise ConfigError(f"model.feature_strides for {m.backbone} must be a non-empty subset of {sorted(allowed)}")
+        if m.patch_pool < 1 or m.patch_pool % 2 == 0:
+            raise ConfigError("model.patch_pool must be an odd number >= 1")
+        if self.scoring.top_k < 1:
+            raise ConfigError("scoring.top_k must be at least 1")
         if not 0 < self.calibration.target_false_alarm_rate < 0.5:
             raise ConfigError("calibration.target_false_alarm_rate must be in (0, 0.5)")
         if self.density.folds < 2:

@@ -1,7 +1,7 @@
-"""Level-1 patch features: two backbone taps, aligned to the finer grid, locally averaged.
+"""Level-1 patch features: backbone taps, aligned to the finest tap's grid, locally averaged.
 
 ``PatchFeatures`` is part of the exported graph: ``(N, C, H, W)`` model input ->
-``(N, D, H/s, W/s)`` features, ``s`` = the finer tap's stride, ``D`` = sum of the taps' channels.
+``(N, D, H/s, W/s)`` features, ``s`` = the finest tap's stride, ``D`` = sum of the taps' channels.
 """
 from __future__ import annotations
 
@@ -12,29 +12,52 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.lite0 import TAP_CHANNELS, TAP_STRIDE8, TAP_STRIDE16, TAP_STRIDES, load_lite0
+from .backbones.conv_ae import ConvAutoencoder
+from .backbones.lite0 import TAP_CHANNELS, TAP_STRIDES, load_lite0
 
 
 class PatchFeatures(nn.Module):
-    """Backbone taps -> upsample coarse to fine (bilinear) -> concat -> 3x3 average (neighbourhood context)."""
+    """Backbone taps (finest first) -> coarser ones upsampled bilinearly -> concat -> ``pool`` x ``pool`` average.
 
-    def __init__(self, backbone: nn.Module, channels: tuple[int, int], stride: int):
+    The average gives each patch its neighbourhood's context (``pool=1`` turns it off).
+    """
+
+    def __init__(self, backbone: nn.Module, taps: tuple[int, ...], channels: int, stride: int, pool: int = 3):
         super().__init__()
         self.backbone = backbone
-        self.dim = int(sum(channels))
+        self.taps = tuple(taps)
+        self.dim = int(channels)
         self.stride = int(stride)
+        self.pool = int(pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fine, coarse = self.backbone.features(x)
-        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-        f = torch.cat([fine, coarse], dim=1)
-        return F.avg_pool2d(f, 3, stride=1, padding=1, count_include_pad=False)
+        maps = self.backbone.features(x, self.taps)
+        size = maps[0].shape[-2:]
+        f = maps[0] if len(maps) == 1 else torch.cat(
+            [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], dim=1)
+        if self.pool > 1:
+            f = F.avg_pool2d(f, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
+        return f
 
 
-def lite0_patch_features() -> PatchFeatures:
-    """Frozen ImageNet Lite0, taps at strides 8 (40 ch) and 16 (112 ch): D = 152, map = H/8."""
-    return PatchFeatures(load_lite0(), (TAP_CHANNELS[TAP_STRIDE8], TAP_CHANNELS[TAP_STRIDE16]),
-                         TAP_STRIDES[TAP_STRIDE8])
+def _taps_for(strides: list[int], by_stride: dict[int, int], what: str) -> tuple[int, ...]:
+    unknown = sorted(set(strides) - set(by_stride))
+    if unknown or not strides:
+        raise ValueError(f"model.feature_strides {strides} not available for {what}; choose from {sorted(by_stride)}")
+    return tuple(by_stride[s] for s in sorted(set(strides)))
+
+
+def lite0_patch_features(strides: list[int], pool: int) -> PatchFeatures:
+    """Frozen ImageNet Lite0 taps at the given strides (8: 40 ch, 16: 112 ch)."""
+    taps = _taps_for(strides, {s: t for t, s in TAP_STRIDES.items()}, "lite0")
+    return PatchFeatures(load_lite0(truncate_after=max(taps)), taps, sum(TAP_CHANNELS[t] for t in taps),
+                         TAP_STRIDES[taps[0]], pool)
+
+
+def conv_ae_patch_features(ae: ConvAutoencoder, strides: list[int], pool: int) -> PatchFeatures:
+    """A trained :class:`ConvAutoencoder`'s encoder taps at the given strides (2: w ch, 4: 2w ch)."""
+    taps = _taps_for(strides, {s: i for i, s in enumerate(ae.tap_strides)}, "conv_ae")
+    return PatchFeatures(ae, taps, sum(ae.tap_channels[t] for t in taps), ae.tap_strides[taps[0]], pool)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from ..runtime.preprocess import InputSpec
 from .backbones.conv_ae import train_conv_ae
 from .config import TrainConfig
 from .coreset import coverage_weights, greedy_coreset, nearest_index
-from .features import PatchFeatures, extract, lite0_patch_features, to_patches
+from .features import PatchFeatures, conv_ae_patch_features, extract, lite0_patch_features, to_patches
 from .parzen import ParzenDensity, log_density, log_density_grid
 from .scorer import PatchDensityScorer, image_score
 
@@ -70,13 +70,14 @@ def build_bank(patches: np.ndarray, config: TrainConfig, seed: int) -> PatchBank
 
 
 def _features_module(images: np.ndarray, config: TrainConfig, progress: Progress) -> PatchFeatures:
-    if config.model.backbone == "lite0":
-        return lite0_patch_features()
+    m = config.model
+    if m.backbone == "lite0":
+        return lite0_patch_features(m.feature_strides, m.patch_pool)
     ae_cfg = config.conv_ae
     progress(f"training the conv autoencoder on {len(images)} images ({ae_cfg.epochs} epochs)")
     ae = train_conv_ae(images, config.model.channels, ae_cfg.width, ae_cfg.epochs, ae_cfg.learning_rate,
                        ae_cfg.batch_size, config.seed, progress)
-    return PatchFeatures(ae, ae.tap_channels, ae.tap_strides[0])
+    return conv_ae_patch_features(ae, m.feature_strides, m.patch_pool)
 
 
 def assign_folds(groups: list[str], folds: int, seed: int) -> np.ndarray:
@@ -147,7 +148,8 @@ def fit_detector(images: np.ndarray, config: TrainConfig, progress: Progress | N
         held = fold_of == k
         lp = log_density(ParzenDensity(bank.centres, bandwidth, bank.weights), patches[held].reshape(-1, dim))
         oof_patch_scores[held] = -lp.reshape(-1, h * w)
-    oof_image_scores = image_score(torch.from_numpy(oof_patch_scores.reshape(n, h, w))).numpy()
+    top_k = min(config.scoring.top_k, h * w)
+    oof_image_scores = image_score(torch.from_numpy(oof_patch_scores.reshape(n, h, w)), top_k).numpy()
     calibrator = ConformalCalibrator(config.calibration.target_false_alarm_rate).fit(oof_image_scores)
     if not calibrator.target_reachable_:
         say(f"warning: {n} good images cannot guarantee a false-alarm rate of "
@@ -156,11 +158,11 @@ def fit_detector(images: np.ndarray, config: TrainConfig, progress: Progress | N
 
     bank = build_bank(patches.reshape(-1, dim), config, config.seed + folds)
     density = ParzenDensity(bank.centres, bandwidth, bank.weights)
-    scorer = PatchDensityScorer(features, density).eval()
+    scorer = PatchDensityScorer(features, density, top_k).eval()
     say(f"final bank: {bank.centres.shape[0]} of {n * h * w} patches, bandwidth {bandwidth:.4g}, "
         f"threshold {calibrator.threshold_:.4g}")
     figures = {
-        "n_images": int(n), "feature_dim": int(dim), "map_shape": [int(h), int(w)],
+        "n_images": int(n), "feature_dim": int(dim), "map_shape": [int(h), int(w)], "top_k": int(top_k),
         "bank_size": int(bank.centres.shape[0]), "folds": int(folds),
         "bandwidth_grid": [float(g) for g in grid], "heldout_mean_loglik": [float(v) for v in mean_ll],
         "feature_seconds": round(t_feat, 2), "fit_seconds": round(time.perf_counter() - t0, 2),

@@ -2,7 +2,8 @@
 
 ``PatchDensityScorer(x)``: model input ``float32 (N, C, H, W)`` ->
 ``score`` ``float32 (N,)`` and ``patch_scores`` ``float32 (N, h, w)``, where a patch score is the
-negative log-density (nats) of the patch's feature and the image score is the largest patch score.
+negative log-density (nats) of the patch's feature and the image score is the mean of the ``top_k``
+largest patch scores (``top_k = 1``: the largest).
 """
 from __future__ import annotations
 
@@ -12,20 +13,22 @@ from torch import nn
 from .parzen import ParzenDensity
 
 
-def image_score(patch_scores: torch.Tensor) -> torch.Tensor:
-    """``(N, h, w)`` -> ``(N,)``: the most anomalous patch decides."""
-    return torch.amax(patch_scores, dim=(1, 2))
+def image_score(patch_scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    """``(N, h, w)`` -> ``(N,)``: mean of each image's ``top_k`` largest patch scores."""
+    flat = patch_scores.reshape(patch_scores.shape[0], -1)
+    return torch.amax(flat, dim=1) if top_k == 1 else torch.topk(flat, top_k, dim=1).values.mean(dim=1)
 
 
 class PatchDensityScorer(nn.Module):
-    def __init__(self, features: nn.Module, density: ParzenDensity):
+    def __init__(self, features: nn.Module, density: ParzenDensity, top_k: int):
         super().__init__()
         self.features = features
         self.density = density
+        self.top_k = int(top_k)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(x)
         d, h, w = f.shape[1], f.shape[2], f.shape[3]
         z = f.permute(0, 2, 3, 1).reshape(-1, d)
         patch_scores = -self.density(z).reshape(-1, h, w)
-        return image_score(patch_scores), patch_scores
+        return image_score(patch_scores, self.top_k), patch_scores

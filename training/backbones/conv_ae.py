@@ -15,7 +15,7 @@ from torch import nn
 class ConvAutoencoder(nn.Module):
     """``(N, C, H, W)`` -> reconstruction of the same shape; H and W multiples of 4.
 
-    ``features(x)`` returns ``[(N, w, H/2, W/2), (N, 2w, H/4, W/4)]``.
+    ``features(x, taps)`` returns the chosen of ``[(N, w, H/2, W/2), (N, 2w, H/4, W/4)]`` (taps 0, 1).
     """
 
     tap_strides = (2, 4)
@@ -30,12 +30,13 @@ class ConvAutoencoder(nn.Module):
         self.dec = nn.Sequential(nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.ReLU(),
                                  nn.ConvTranspose2d(width, channels, 4, 2, 1))
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, x: torch.Tensor, taps: tuple[int, ...] = (0, 1)) -> list[torch.Tensor]:
         a = self.enc1(x)
-        return [a, self.enc2(a)]
+        both = [a, self.enc2(a)] if max(taps) > 0 else [a]
+        return [both[t] for t in taps]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dec(self.features(x)[1])
+        return self.dec(self.enc2(self.enc1(x)))
 
 
 def train_conv_ae(images: np.ndarray, channels: int, width: int, epochs: int, learning_rate: float,

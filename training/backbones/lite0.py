@@ -54,13 +54,13 @@ class Lite0(nn.Module):
         self.fc = nn.Linear(1280, 1000)
 
     def features(self, x: torch.Tensor, taps: tuple[int, ...] = (TAP_STRIDE8, TAP_STRIDE16)) -> list[torch.Tensor]:
-        """``x``: ``(N, 3, H, W)`` normalised RGB -> one ``(N, C_t, H/s_t, W/s_t)`` map per tap."""
-        out, y = [], self.stem(x)
+        """``x``: ``(N, 3, H, W)`` normalised RGB -> one ``(N, C_t, H/s_t, W/s_t)`` map per tap, in ``taps`` order."""
+        found, y = {}, self.stem(x)
         for j, block in enumerate(self.blocks[: max(taps) + 1]):
             y = block(y)
             if j in taps:
-                out.append(y)
-        return out
+                found[j] = y
+        return [found[t] for t in taps]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits ``(N, 1000)``."""
