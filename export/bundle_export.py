@@ -10,7 +10,8 @@ import numpy as np
 from ..runtime.bundle import Bundle, Calibration, Decision, Manifest, write_bundle
 from ..training.config import TrainConfig
 from ..training.fit import FittedDetector
-from .onnx_export import check_parity, export_scorer, model_spec
+from .onnx_export import (CHAIN_NEXT, CHAIN_NOISE, CHAIN_STATE, check_chain_parity, check_parity,
+                          export_chain_step, export_scorer, model_spec)
 
 
 def build_manifest(det: FittedDetector, config: TrainConfig, parity: dict[str, Any],
@@ -27,9 +28,9 @@ def build_manifest(det: FittedDetector, config: TrainConfig, parity: dict[str, A
             scores=[float(s) for s in cal.scores_], target_reachable=bool(cal.target_reachable_),
             heatmap_low=det.heatmap_low, folds=int(det.figures.get("folds", 0)),
             false_alarm_rate_on_calibration=cal.false_alarm_rate(cal.scores_)),
-        density={"kind": "parzen-gaussian", "level": 1, "bandwidth": det.bandwidth,
-                 "weighted": config.density.weighted, **{k: det.figures[k] for k in
-                 ("bank_size", "feature_dim", "bandwidth_grid", "heldout_mean_loglik") if k in det.figures}},
+        density={"kind": "parzen-gaussian", "bandwidth": det.bandwidth, "weighted": config.density.weighted,
+                 **{k: det.figures[k] for k in ("level", "bank_size", "feature_dim", "code_dim", "chain_samples",
+                                                "bandwidth_grid", "heldout_mean_loglik") if k in det.figures}},
         training_data={**training_data, "fit_seconds": det.figures.get("fit_seconds")},
         parity=parity,
         lineage={"parent": None, "config": config.to_dict(), **(lineage or {})},
@@ -50,4 +51,24 @@ def export_bundle(det: FittedDetector, out: str | Path, parity_images: np.ndarra
         parity = check_parity(det.scorer, onnx_path, parity_images[: config.export.parity_images],
                               config.export.parity_rtol, config.export.parity_atol)
         manifest = build_manifest(det, config, parity, training_data, lineage)
-        return write_bundle(out, manifest, {"model.onnx": onnx_path}, overwrite=overwrite)
+        files = {"model.onnx": onnx_path}
+        if det.chain is not None:
+            files.update(_export_chain(det, config, Path(tmp), manifest))
+        return write_bundle(out, manifest, files, overwrite=overwrite)
+
+
+def _export_chain(det: FittedDetector, config: TrainConfig, tmp: Path, manifest) -> dict[str, Path]:
+    """Write the chain-step graph and its start states; describe them in ``manifest.chain``."""
+    chain = det.chain
+    state_dim, noise_dim = chain.start.shape[1], chain.step.W.shape[0]
+    step_path, start_path = tmp / "chain_step.onnx", tmp / "chain_start.npy"
+    export_chain_step(chain.step, state_dim, noise_dim, step_path, config.export.opset)
+    diff = check_chain_parity(chain.step, step_path, chain.start[:64], noise_dim)
+    np.save(start_path, chain.start.astype(np.float32))
+    s = config.sampling
+    manifest.chain = {"file": step_path.name, "start_file": start_path.name, "state_input": CHAIN_STATE,
+                      "noise_input": CHAIN_NOISE, "output": CHAIN_NEXT, "state_dim": int(state_dim),
+                      "noise_dim": int(noise_dim), "sigma": float(s.sigma), "burn_in": int(s.burn_in),
+                      "thin": int(s.thin), "state_level": int(chain.level - 1), "sample_level": int(chain.level),
+                      "parity_max_abs_diff": diff}
+    return {step_path.name: step_path, start_path.name: start_path}

@@ -63,3 +63,32 @@ def check_parity(scorer: nn.Module, onnx_path: str | Path, images: np.ndarray, r
                           f"{t_scores[worst]:.6g} (|diff| {diff[worst]:.3g} > allowed {allowed[worst]:.3g}); "
                           "the bundle was not written. Report this with the config used.")
     return figures
+
+
+CHAIN_STATE, CHAIN_NOISE, CHAIN_NEXT = "state", "noise", "next_state"
+
+
+def export_chain_step(step: nn.Module, state_dim: int, noise_dim: int, path: str | Path, opset: int = 17) -> None:
+    """Write one top-layer chain step: ``state (N, D_state)``, ``noise (N, D_code)`` standard normal ->
+    ``next_state (N, D_state)``. The noise is an input, so the graph is deterministic."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(step.eval(), (torch.zeros(2, state_dim), torch.zeros(2, noise_dim)), str(path),
+                          dynamo=False, opset_version=opset, input_names=[CHAIN_STATE, CHAIN_NOISE],
+                          output_names=[CHAIN_NEXT],
+                          dynamic_axes={CHAIN_STATE: {0: "n"}, CHAIN_NOISE: {0: "n"}, CHAIN_NEXT: {0: "n"}})
+
+
+@torch.no_grad()
+def check_chain_parity(step: nn.Module, onnx_path: str | Path, start: np.ndarray, noise_dim: int,
+                       atol: float = 1e-4) -> float:
+    """One step from ``start`` with the same noise in torch and onnxruntime; raises :class:`ParityError`
+    beyond ``atol`` (relative to max(1, |value|)). Returns the largest difference."""
+    noise = np.random.default_rng(0).standard_normal((start.shape[0], noise_dim)).astype(np.float32)
+    want = step.eval()(torch.from_numpy(start), torch.from_numpy(noise)).numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run([CHAIN_NEXT], {CHAIN_STATE: start, CHAIN_NOISE: noise})[0]
+    diff = float(np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want))))
+    if diff > atol:
+        raise ParityError(f"the chain-step graph differs from torch by {diff:.3g} (> {atol}); the bundle was not written")
+    return diff

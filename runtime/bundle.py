@@ -100,6 +100,7 @@ class Manifest:
     training_data: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
+    chain: dict[str, Any] = field(default_factory=dict)   # top-layer chain graph (empty without one)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     format: str = BUNDLE_FORMAT
@@ -138,6 +139,7 @@ class Manifest:
                 training_data=dict(d.get("training_data", {})),
                 parity=dict(d.get("parity", {})),
                 lineage=dict(d.get("lineage", {})),
+                chain=dict(d.get("chain", {})),
                 files=dict(d["files"]),
                 schema_version=version,
                 format=d["format"],

@@ -40,11 +40,35 @@ class DensityConfig:
     max_candidates: int = 30000      # random patches the coreset is chosen from
     coreset_projection: int = 32     # random-projection dims used only to pick the coreset
     weighted: bool = True            # weight each bank point by the patches it stands for
+    level: int = 1                   # representation level of the density: 1 = features, 2.. = stack codes
     folds: int = 5                   # cross-fitting folds for bandwidth choice and calibration scores
     bandwidth_patches: int = 20000   # held-out patches (over all folds) that choose the bandwidth
     bandwidth_factors: list[float] = field(
         default_factory=lambda: [0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0])
     # candidate bandwidths = factor x median distance of held-out patches to their nearest bank point
+
+
+@dataclass
+class StackConfig:
+    """Contractive autoencoders stacked on the standardised level-1 features (levels 2, 3, ...)."""
+
+    widths: list[int] = field(default_factory=list)   # code width of each level above 1; [] = level 1 only
+    epochs: int = 15
+    learning_rate: float = 1e-3
+    batch_size: int = 256
+    contraction: float = 0.1         # weight of the Jacobian penalty ||df/dx||_F^2
+    max_patches: int = 50000         # training patches the stack is fitted on
+
+
+@dataclass
+class SamplingConfig:
+    """Top-layer CAE chains whose samples join the density bank (only with density.level >= 2)."""
+
+    chain_samples: int = 0           # samples added to each bank; 0 = none
+    n_chains: int = 256
+    sigma: float = 0.5               # std of the hidden-space noise, in code units
+    burn_in: int = 10
+    thin: int = 2
 
 
 @dataclass
@@ -70,6 +94,8 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     conv_ae: ConvAEConfig = field(default_factory=ConvAEConfig)
     density: DensityConfig = field(default_factory=DensityConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -92,6 +118,11 @@ class TrainConfig:
             raise ConfigError(f"model.feature_strides for {m.backbone} must be a non-empty subset of {sorted(allowed)}")
         if m.patch_pool < 1 or m.patch_pool % 2 == 0:
             raise ConfigError("model.patch_pool must be an odd number >= 1")
+        if not 1 <= self.density.level <= len(self.stack.widths) + 1:
+            raise ConfigError(f"density.level must be in 1..{len(self.stack.widths) + 1} "
+                              f"(stack.widths has {len(self.stack.widths)} levels above 1)")
+        if self.sampling.chain_samples and self.density.level < 2:
+            raise ConfigError("sampling.chain_samples needs density.level >= 2 (chains run in the stack)")
         if self.scoring.top_k < 1:
             raise ConfigError("scoring.top_k must be at least 1")
         if not 0 < self.calibration.target_false_alarm_rate < 0.5:

@@ -23,7 +23,9 @@ from .backbones.conv_ae import train_conv_ae
 from .config import TrainConfig
 from .coreset import coverage_weights, greedy_coreset, nearest_index
 from .features import PatchFeatures, conv_ae_patch_features, extract, lite0_patch_features, to_patches
+from .levels import chain_samples, fit_stack
 from .parzen import ParzenDensity, log_density, log_density_grid
+from .sampler import ChainStep
 from .scorer import PatchDensityScorer, image_score
 
 Progress = Callable[[str], None]
@@ -45,6 +47,15 @@ class PatchBank:
 
 
 @dataclass
+class ChainExport:
+    """The top-layer chain shipped in the bundle: one step (state, noise) -> state, and start states."""
+
+    step: ChainStep
+    start: np.ndarray                # float32 (S, D_state): codes at level - 1 of random training patches
+    level: int                       # the density level the chain's samples are encoded to
+
+
+@dataclass
 class FittedDetector:
     """Everything export needs. ``scorer`` is the pure graph; the rest goes into the manifest."""
 
@@ -56,6 +67,7 @@ class FittedDetector:
     map_shape: tuple[int, int]
     backbone: str
     figures: dict = field(default_factory=dict)
+    chain: ChainExport | None = None
 
 
 def build_bank(patches: np.ndarray, config: TrainConfig, seed: int) -> PatchBank:
@@ -95,6 +107,19 @@ def assign_folds(groups: list[str], folds: int, seed: int) -> np.ndarray:
     return fold_of_group[inverse]
 
 
+def extract_maps(images: np.ndarray, config: TrainConfig, progress: Progress | None = None
+                 ) -> tuple[PatchFeatures, np.ndarray]:
+    """The level-1 feature module (trained here for conv_ae) and its maps ``float32 (N, D, h, w)``."""
+    say = progress or (lambda _msg: None)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    features = _features_module(images, config, say).eval()
+    maps = extract(features, images, config.batch_size,
+                   lambda i, k: say(f"features {i}/{k} images") if i == k or i % (8 * config.batch_size) == 0 else None)
+    return features, maps
+
+
 def fit_detector(images: np.ndarray, config: TrainConfig, progress: Progress | None = None,
                  groups: list[str] | None = None) -> FittedDetector:
     """Fit on good images ``float32 (N, C, H, W)`` (model inputs from ``preprocess``).
@@ -102,34 +127,51 @@ def fit_detector(images: np.ndarray, config: TrainConfig, progress: Progress | N
     ``groups`` (one label per image) keeps related images in the same cross-fitting fold; by default
     every image is its own group.
     """
+    if images.shape[0] < 2:
+        raise ValueError(f"training needs at least 2 good images, got {images.shape[0]}")
+    t0 = time.perf_counter()
+    features, maps = extract_maps(images, config, progress)
+    det = fit_on_maps(features, maps, config, progress, groups)
+    det.figures["feature_seconds"] = round(time.perf_counter() - t0 - det.figures["fit_seconds"], 2)
+    det.figures["fit_seconds"] = round(time.perf_counter() - t0, 2)
+    return det
+
+
+def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, progress: Progress | None = None,
+                groups: list[str] | None = None) -> FittedDetector:
+    """The density, bandwidth and calibration part of :func:`fit_detector`, on level-1 maps ``(N, D, h, w)``."""
     say = progress or (lambda _msg: None)
-    n = images.shape[0]
-    if n < 2:
-        raise ValueError(f"training needs at least 2 good images, got {n}")
+    n, dim, h, w = maps.shape
     fold_of = assign_folds(groups if groups is not None else [str(i) for i in range(n)],
                            config.density.folds, config.seed)
     folds = int(fold_of.max()) + 1
     if folds < 2:
         raise ValueError("all training images are in one group (subfolder); cross-fitting needs at least two "
                          "groups: put images directly in the training folder or in two or more subfolders")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
     t0 = time.perf_counter()
-    features = _features_module(images, config, say).eval()
-    maps = extract(features, images, config.batch_size,
-                   lambda i, k: say(f"features {i}/{k} images") if i == k or i % (8 * config.batch_size) == 0 else None)
-    _, dim, h, w = maps.shape
     rng = np.random.default_rng(config.seed)
-    patches = to_patches(maps)                                  # (N, h*w, D)
-    t_feat = time.perf_counter() - t0
+    level = config.density.level
+    patches = to_patches(maps)                                  # (N, h*w, D) level-1 features
+    rep = None
+    if config.stack.widths:
+        rep = fit_stack(patches.reshape(-1, dim), config.stack, config.seed, say)
+        codes = rep.encode(patches.reshape(-1, dim), level).reshape(n, h * w, -1)
+    else:
+        codes = patches
+    cdim = codes.shape[-1]
+
+    def bank_for(rows: np.ndarray, level1_rows: np.ndarray, seed: int) -> PatchBank:
+        if config.sampling.chain_samples:
+            rows = np.concatenate([rows, chain_samples(rep, level, level1_rows, config.sampling, seed)])
+        return build_bank(rows, config, seed)
 
     factors = np.asarray(config.density.bandwidth_factors, dtype=np.float64)
     sample_per_fold = max(1, config.density.bandwidth_patches // folds)
     banks, grid, lls = [], None, []
     for k in range(folds):
-        bank = build_bank(patches[fold_of != k].reshape(-1, dim), config, config.seed + k)
-        z = patches[fold_of == k].reshape(-1, dim)
+        inside = fold_of != k
+        bank = bank_for(codes[inside].reshape(-1, cdim), patches[inside].reshape(-1, dim), config.seed + k)
+        z = codes[fold_of == k].reshape(-1, cdim)
         z = z[rng.choice(z.shape[0], min(sample_per_fold, z.shape[0]), replace=False)]
         if grid is None:   # one grid for all folds, scaled to the typical held-out-to-bank distance
             _, d2 = nearest_index(z, bank.centres)
@@ -146,7 +188,7 @@ def fit_detector(images: np.ndarray, config: TrainConfig, progress: Progress | N
     oof_patch_scores = np.empty((n, h * w))
     for k, bank in enumerate(banks):
         held = fold_of == k
-        lp = log_density(ParzenDensity(bank.centres, bandwidth, bank.weights), patches[held].reshape(-1, dim))
+        lp = log_density(ParzenDensity(bank.centres, bandwidth, bank.weights), codes[held].reshape(-1, cdim))
         oof_patch_scores[held] = -lp.reshape(-1, h * w)
     top_k = min(config.scoring.top_k, h * w)
     oof_image_scores = image_score(torch.from_numpy(oof_patch_scores.reshape(n, h, w)), top_k).numpy()
@@ -156,17 +198,27 @@ def fit_detector(images: np.ndarray, config: TrainConfig, progress: Progress | N
             f"{calibrator.alpha:g}; at least {calibrator.min_images_for_target_} are needed. "
             "The threshold is the highest calibration score.")
 
-    bank = build_bank(patches.reshape(-1, dim), config, config.seed + folds)
+    bank = bank_for(codes.reshape(-1, cdim), patches.reshape(-1, dim), config.seed + folds)
     density = ParzenDensity(bank.centres, bandwidth, bank.weights)
-    scorer = PatchDensityScorer(features, density, top_k).eval()
-    say(f"final bank: {bank.centres.shape[0]} of {n * h * w} patches, bandwidth {bandwidth:.4g}, "
-        f"threshold {calibrator.threshold_:.4g}")
+    encoder = rep.encoder(level) if rep is not None and level > 1 else None
+    scorer = PatchDensityScorer(features, density, top_k, encoder).eval()
+    chain = None
+    if rep is not None and level > 1:
+        start = rep.encode(patches.reshape(-1, dim)[rng.choice(n * h * w, min(256, n * h * w), replace=False)],
+                           level - 1)
+        chain = ChainExport(step=ChainStep(rep.stack_.layers[level - 2], config.sampling.sigma).eval(),
+                            start=start, level=level)
+    say(f"final bank: {bank.centres.shape[0]} level-{level} codes from {n * h * w} patches"
+        f"{' + ' + str(config.sampling.chain_samples) + ' chain samples' if config.sampling.chain_samples else ''}, "
+        f"bandwidth {bandwidth:.4g}, threshold {calibrator.threshold_:.4g}")
     figures = {
-        "n_images": int(n), "feature_dim": int(dim), "map_shape": [int(h), int(w)], "top_k": int(top_k),
+        "n_images": int(n), "feature_dim": int(dim), "code_dim": int(cdim), "level": int(level),
+        "map_shape": [int(h), int(w)], "top_k": int(top_k),
         "bank_size": int(bank.centres.shape[0]), "folds": int(folds),
+        "chain_samples": int(config.sampling.chain_samples),
         "bandwidth_grid": [float(g) for g in grid], "heldout_mean_loglik": [float(v) for v in mean_ll],
-        "feature_seconds": round(t_feat, 2), "fit_seconds": round(time.perf_counter() - t0, 2),
+        "fit_seconds": round(time.perf_counter() - t0, 2),
     }
     return FittedDetector(scorer=scorer, input_spec=input_spec_for(config), calibrator=calibrator,
                           bandwidth=bandwidth, heatmap_low=float(np.median(oof_patch_scores)),
-                          map_shape=(int(h), int(w)), backbone=config.model.backbone, figures=figures)
+                          map_shape=(int(h), int(w)), backbone=config.model.backbone, figures=figures, chain=chain)

@@ -1,6 +1,7 @@
 """The exported scoring graph: a plain ``nn.Module`` with no training logic.
 
-``PatchDensityScorer(x)``: model input ``float32 (N, C, H, W)`` ->
+``PatchDensityScorer(x)``: model input ``float32 (N, C, H, W)`` -> level-1 patch features -> (optional)
+encoder to a higher representation level -> Parzen log-density ->
 ``score`` ``float32 (N,)`` and ``patch_scores`` ``float32 (N, h, w)``, where a patch score is the
 negative log-density (nats) of the patch's feature and the image score is the mean of the ``top_k``
 largest patch scores (``top_k = 1``: the largest).
@@ -20,9 +21,10 @@ def image_score(patch_scores: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 class PatchDensityScorer(nn.Module):
-    def __init__(self, features: nn.Module, density: ParzenDensity, top_k: int):
+    def __init__(self, features: nn.Module, density: ParzenDensity, top_k: int, encoder: nn.Module | None = None):
         super().__init__()
         self.features = features
+        self.encoder = encoder if encoder is not None else nn.Identity()
         self.density = density
         self.top_k = int(top_k)
 
@@ -30,5 +32,5 @@ class PatchDensityScorer(nn.Module):
         f = self.features(x)
         d, h, w = f.shape[1], f.shape[2], f.shape[3]
         z = f.permute(0, 2, 3, 1).reshape(-1, d)
-        patch_scores = -self.density(z).reshape(-1, h, w)
+        patch_scores = -self.density(self.encoder(z)).reshape(-1, h, w)
         return image_score(patch_scores, self.top_k), patch_scores

@@ -60,7 +60,7 @@ def train_conv_ae(images: np.ndarray, channels: int, width: int, epochs: int, le
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * x.shape[0]
+            total += float(loss.detach()) * x.shape[0]
         if progress and (epoch + 1) % max(1, epochs // 5) == 0:
             progress(f"conv autoencoder epoch {epoch + 1}/{epochs}: reconstruction MSE {total / n:.4f}")
     model.eval()
