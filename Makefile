@@ -6,12 +6,13 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-nodeps.txt
 
-.PHONY: demo test test-all venv clean help
+.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper
 
 help:
 	@echo "make demo      build the demo textures, train, inspect, print accuracy (creates .venv)"
 	@echo "make test      run the test suite without the slow end-to-end tests (creates .venv)"
 	@echo "make test-all  the whole suite, slow tests included"
+	@echo "make bench-ablation / bench-few-shot / bench-paper   re-measure bench/results/*.md"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,15 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+bench-ablation: $(STAMP)
+	$(PY) bench/ablation.py
+
+bench-few-shot: $(STAMP)
+	$(PY) bench/few_shot.py
+
+bench-paper: $(STAMP)
+	$(PY) bench/paper.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
