@@ -53,8 +53,11 @@ def read_results(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def _heatmap_name(source: str, index: int) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).with_suffix("").as_posix().strip("/"))[-120:]
+def _heatmap_name(source: str, base: Path, index: int) -> str:
+    """``000042_<path relative to the inspected folder, '/' -> '_'>.png``."""
+    p = Path(source)
+    rel = p.relative_to(base) if p.is_relative_to(base) else Path(p.name)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", rel.with_suffix("").as_posix())[-120:]
     return f"{index:06d}_{stem}.png"
 
 
@@ -75,6 +78,7 @@ def run_inspection(inspector: Inspector, source: str, out: str | os.PathLike, ba
     if done and progress:
         progress(f"resuming: {len(done)} images already recorded in {results}")
     heat_dir = out / "heatmaps"
+    base = Path(source) if Path(source).is_dir() else Path(source).parent
     low = inspector.bundle.manifest.calibration.heatmap_low
     with open(results, "a") as log:
         _repair_torn_tail(results, log)
@@ -83,7 +87,7 @@ def run_inspection(inspector: Inspector, source: str, out: str | os.PathLike, ba
             rec["heatmap"] = None
             if verdict.anomalous and heatmaps and image is not None:
                 heat_dir.mkdir(exist_ok=True)
-                name = heat_dir / _heatmap_name(verdict.source, len(done) + i)
+                name = heat_dir / _heatmap_name(verdict.source, base, len(done) + i)
                 cv2.imwrite(str(name), overlay(display_bgr(image), pmap, low, inspector.threshold))
                 rec["heatmap"] = str(name)
                 summary.heatmaps.append(str(name))

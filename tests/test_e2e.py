@@ -98,3 +98,17 @@ def test_full_demo_on_brick_meets_the_accuracy_target(tmp_path):
     from linewatch.jobs.demo import run_demo
     report, = run_demo(tmp_path, ("brick",))
     assert report.image_auroc >= 0.98
+
+
+def test_source_can_be_one_image_or_a_glob(small_bundle, small_category, tmp_path):
+    one = sorted((small_category / "test" / "crack").glob("*.png"))[0]
+    p = run_cli("inspect", "--bundle", str(small_bundle), "--source", str(one), "--out", str(tmp_path / "a"))
+    assert p.returncode == 0, p.stderr
+    assert [r["source"] for r in read_results(tmp_path / "a" / "results.jsonl")] == [str(one)]
+    pattern = str(small_category / "test" / "*" / "00[01].png")
+    p = run_cli("inspect", "--bundle", str(small_bundle), "--source", pattern, "--out", str(tmp_path / "b"))
+    assert p.returncode == 0, p.stderr
+    assert len(read_results(tmp_path / "b" / "results.jsonl")) == 2 * 7          # good + 6 defect folders
+    p = run_cli("inspect", "--bundle", str(small_bundle), "--source", str(tmp_path / "no" / "*.png"),
+                "--out", str(tmp_path / "c"))
+    assert p.returncode == 1 and "matches no image files" in p.stderr
