@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{time.perf_counter() - t_start:.0f} s). Demo textures, 224 px crops, test split: "
              f"{spec.n_test_good} good + {spec.n_test_per_defect} x 6 defect types. Stack widths {STACK['widths']} "
              f"({STACK['epochs']} epochs per level) on standardised Lite0 stride-16 features; chain: 2048 samples, "
-             "sigma 0.2, burn-in 10, thin 2. K images alternate between the two training groups. Image AUROC:", "",
+             f"sigma 0.2, burn-in 10, thin 2. Image score: mean of the top {cfg0.scoring.top_k} patch scores. K images "
+             "alternate between the two training groups. Image AUROC:", "",
              "| texture | K | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for tex in args.textures:
         for k in ks:

@@ -73,7 +73,7 @@ class SamplingConfig:
 
 @dataclass
 class ScoringConfig:
-    top_k: int = 10                  # image score = mean of the top_k largest patch scores
+    top_k: int = 20                  # image score = mean of the top_k largest patch scores (bench/results/ablation.md)
 
 
 @dataclass
