@@ -58,7 +58,7 @@ def test_runtime_chain_reproduces_the_torch_chain_step_by_step(deep_bundle):
     c = next(v for v in weights.values() if v.shape == (spec["state_dim"],))
     layer = ContractiveAutoencoder(spec["state_dim"], spec["noise_dim"], decoder="linear")
     with torch.no_grad():
-        layer.W.copy_(torch.from_numpy(W)), layer.b.copy_(torch.from_numpy(b)), layer.c.copy_(torch.from_numpy(c))
+        layer.W.copy_(torch.tensor(W)), layer.b.copy_(torch.tensor(b)), layer.c.copy_(torch.tensor(c))
     step = ChainStep(layer, spec["sigma"])
     rng = np.random.default_rng(3)
     x_onnx = x_torch = runner.start_[:16]
