@@ -35,17 +35,10 @@ import cv2
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    from linewatch.training.cae import CAEStack
-    from linewatch.training.sampler import TopLayerSampler
-except ModuleNotFoundError:  # TEMPORARY: linewatch not pip-installed yet; map linewatch.training -> training/
-    sys.path.insert(0, str(ROOT))
-    import linewatch
+from linewatch.training.cae import CAEStack
+from linewatch.training.sampler import TopLayerSampler
 
-    linewatch.__path__.append(str(ROOT))
-    from linewatch.training.cae import CAEStack
-    from linewatch.training.sampler import TopLayerSampler
+ROOT = Path(__file__).resolve().parents[1]
 
 PAPER_M1 = {"CAE-1": "67.69 ± 2.87", "CAE-2": "121.17 ± 1.59", "DBN-2": "137.89 ± 2.11"}  # full MNIST, Table 1
 
