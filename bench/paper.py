@@ -420,11 +420,11 @@ def write_report(path, png, cfg, args, recon, clf_acc, pmax_test, sweep, chosen,
     w(f"| M1 Parzen test LL, {n_s:,} samples (nats) | " + " | ".join(
         fmt(M1[k]['test'], M1[k]['se']) for k in levels) + " | CAE-1 67.69 ± 2.87, CAE-2 121.17 ± 1.59, "
       "DBN-2 137.89 ± 2.11 |")
-    w(f"| chain noise sigma (chosen on validation M1) | " + " | ".join(str(chosen[k]) for k in levels) + " | not stated |")
+    w("| chain noise sigma (chosen on validation M1) | " + " | ".join(str(chosen[k]) for k in levels) + " | not stated |")
     w(f"| M2 mean #classes in {L0} consecutive samples | " + " | ".join(
         f"{M2[k][L0]['mean']:.2f}" if L0 in M2[k] else "—" for k in levels) + " | TFD only: deeper visits more |")
-    w(f"| M2 class-change rate per step | " + " | ".join(f"{M2[k]['change']:.3f}" for k in levels) + " | — |")
-    w(f"| M2 share of the most visited class | " + " | ".join(
+    w("| M2 class-change rate per step | " + " | ".join(f"{M2[k]['change']:.3f}" for k in levels) + " | — |")
+    w("| M2 share of the most visited class | " + " | ".join(
         f"{M2[k]['class_freq'].max():.2f} (digit {int(M2[k]['class_freq'].argmax())})" for k in levels) + " | — |")
     w(f"| M2 mean classifier max-prob (real test digits: {pmax_test:.2f}) | "
       + " | ".join(f"{M2[k]['pmax']:.2f}" for k in levels) + " | — |")

@@ -44,7 +44,6 @@ def test_top_level_bundle_inspects(deep_bundle, small_category, tmp_path):
 def test_runtime_chain_reproduces_the_torch_chain_step_by_step(deep_bundle):
     """The ONNX chain fed the same noise follows the torch ChainStep; the chain moves and stays finite."""
     import torch
-    from linewatch.training.levels import fit_stack  # noqa: F401  (the torch side is importable here)
     from linewatch.training.sampler import ChainStep
     from linewatch.training.cae import ContractiveAutoencoder
 
