@@ -1,6 +1,9 @@
-"""Fitting the level-1 patch-density detector on good images only.
+"""Fitting the patch-density detector on good images only.
 
-1. Level-1 patch features of every training image (frozen Lite0, or a conv autoencoder trained here).
+1. Level-1 patch features of every training image (frozen Lite0, or a conv autoencoder trained here);
+   with ``stack.widths``, CAE levels above them, and the density at ``density.level`` (the stack is
+   fitted once on all training patches, before cross-fitting; optional top-layer chain samples join
+   each bank).
 2. Cross-fitting over ``folds`` groups of images: for each fold, a Parzen bank is built from the
    other folds' patches (greedy coreset, weighted by the patches each centre covers), and the held-out
    patches get log-densities for a grid of bandwidths. The bandwidth with the highest held-out mean
