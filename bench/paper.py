@@ -37,6 +37,7 @@ import torch
 
 from linewatch.training.cae import CAEStack
 from linewatch.training.sampler import TopLayerSampler
+from linewatch.training.parzen import log_density_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,22 +145,12 @@ def parzen_loglik(X, centres, sigmas, block: int = 1000) -> np.ndarray:
     """Parzen (isotropic Gaussian) log-density of rows of ``X`` [N, d] for every bandwidth in ``sigmas``.
 
     ``log p(x) = logsumexp_i(-|x - mu_i|^2 / (2 s^2)) - log M - d log(s sqrt(2 pi))`` with the M
-    ``centres`` [M, d]; nats. Squared distances come from one float64 GEMM per block of ``block``
-    rows and are reused across the bandwidth grid. Returns ``[len(sigmas), N]``.
+    ``centres`` [M, d]; nats. This is linewatch's own estimator (``log_density_grid``, uniform
+    weights): one GEMM per block of rows, distances reused across the bandwidth grid.
+    Returns ``[len(sigmas), N]``.
     """
-    X = torch.as_tensor(np.asarray(X), dtype=torch.float64)
-    C = torch.as_tensor(np.asarray(centres), dtype=torch.float64)
-    M, d = C.shape
-    c2 = (C * C).sum(1)
-    s = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
-    const = -np.log(M) - d * torch.log(s * np.sqrt(2 * np.pi))  # [S]
-    out = torch.empty(len(s), X.shape[0], dtype=torch.float64)
-    for i in range(0, X.shape[0], block):
-        xb = X[i:i + block]
-        d2 = ((xb * xb).sum(1)[:, None] + c2[None] - 2.0 * xb @ C.T).clamp_min_(0)  # [B, M]
-        for j, sj in enumerate(s):
-            out[j, i:i + block] = torch.logsumexp(d2 * (-0.5 / sj ** 2), dim=1) + const[j]
-    return out.numpy()
+    return log_density_grid(np.asarray(X, dtype=np.float32), np.asarray(centres, dtype=np.float32), None,
+                            np.asarray(sigmas, dtype=np.float64), block).T
 
 
 def parzen_score(samples, X_val, X_test, sigmas, block=1000) -> dict:
