@@ -1,7 +1,32 @@
 """Shared fixtures: a small demo category and a bundle trained on it (built once per test session)."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
+
+_BLOCK_TRAINING_SIDE = """
+import importlib.abc, sys, json
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "onnx", "onnxscript", "sklearn", "skimage"):
+            raise ImportError("blocked for this test: " + name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def run_without_torch(body: str) -> dict:
+    """Run ``body`` in a fresh interpreter where importing torch, onnx, sklearn or skimage raises;
+    ``body`` must print one JSON object as its last line, which is returned."""
+    script = _BLOCK_TRAINING_SIDE + textwrap.dedent(body)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 SMALL_CONFIG = {
     "model": {"image_size": 64},

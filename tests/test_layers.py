@@ -1,11 +1,9 @@
 """The layering rules: runtime imports nothing of ours and never torch; training never imports export."""
 import ast
-import json
-import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
+
+from conftest import run_without_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,13 +49,7 @@ def test_training_never_imports_export_or_jobs():
 
 def test_scoring_and_the_inspect_command_run_with_torch_unimportable(small_bundle, small_category, tmp_path):
     """Run a real inspection in a fresh interpreter in which importing torch (or onnx) raises."""
-    script = textwrap.dedent(f"""
-        import importlib.abc, sys, json
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split(".")[0] in ("torch", "onnx", "onnxscript", "sklearn", "skimage"):
-                    raise ImportError("blocked for this test: " + name)
-        sys.meta_path.insert(0, Block())
+    result = run_without_torch(f"""
         from linewatch.cli import main
         rc = main(["inspect", "--bundle", {str(small_bundle)!r}, "--source", {str(small_category / "test")!r},
                    "--out", {str(tmp_path / "out")!r}])
@@ -65,10 +57,6 @@ def test_scoring_and_the_inspect_command_run_with_torch_unimportable(small_bundl
                m.startswith(("torch", "onnx", "linewatch.training", "linewatch.export", "linewatch.jobs"))]
         print(json.dumps({{"rc": rc, "bad": bad}}))
     """)
-    env = {**os.environ, "PYTHONPATH": ""}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"rc": 0, "bad": []}
     lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
     assert len(lines) == len(list((small_category / "test").rglob("*.png")))

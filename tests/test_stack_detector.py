@@ -1,9 +1,4 @@
 """The deep path: CAE levels above the features, density at the top, chain samples, chain graph in the bundle."""
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -15,7 +10,7 @@ from linewatch.runtime.inspect_run import run_inspection
 from linewatch.runtime.inspector import Inspector
 from linewatch.training.config import ConfigError, config_from_dict
 
-from conftest import SMALL_CONFIG
+from conftest import SMALL_CONFIG, run_without_torch
 
 DEEP = {**SMALL_CONFIG, "stack": {"widths": [32], "epochs": 5}, "density": {**SMALL_CONFIG["density"], "level": 2},
         "sampling": {"chain_samples": 512, "n_chains": 64}}
@@ -74,22 +69,12 @@ def test_runtime_chain_reproduces_the_torch_chain_step_by_step(deep_bundle):
 
 
 def test_chain_runs_with_torch_unimportable(deep_bundle):
-    script = textwrap.dedent(f"""
-        import importlib.abc, sys, json
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split(".")[0] in ("torch", "onnx", "onnxscript"):
-                    raise ImportError("blocked: " + name)
-        sys.meta_path.insert(0, Block())
+    out = run_without_torch(f"""
         from linewatch.runtime.bundle import Bundle
         from linewatch.runtime.chain import ChainRunner
         s = ChainRunner(Bundle.load({str(deep_bundle)!r})).run(100, n_chains=10)
         print(json.dumps({{"shape": list(s.shape), "torch": "torch" in sys.modules}}))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": ""})
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["shape"][0] == 100 and out["torch"] is False
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .parzen import sq_dists
+
 
 def greedy_coreset(x: np.ndarray, m: int, projection_dim: int = 64, seed: int = 0) -> np.ndarray:
     """Pick ``m`` rows of ``x`` ``(N, D)`` that cover it: each new row is the one farthest from those kept.
@@ -37,11 +39,9 @@ def nearest_index(x: np.ndarray, bank: np.ndarray, block: int = 8192) -> tuple[n
     bsq = torch.sum(bt * bt, dim=1)
     idx, d2 = [], []
     for i in range(0, xt.shape[0], block):
-        xb = xt[i:i + block]
-        d = torch.sum(xb * xb, dim=1, keepdim=True) - 2.0 * xb @ bt.T + bsq
-        v, k = torch.min(d, dim=1)
+        v, k = torch.min(sq_dists(xt[i:i + block], bt, bsq), dim=1)
         idx.append(k)
-        d2.append(v.clamp_min(0))
+        d2.append(v)
     return torch.cat(idx).numpy(), torch.cat(d2).numpy()
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 
-def _sq_dists(z: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+def sq_dists(z: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
     """``(P, d)``, ``(M, d)``, ``(M,)`` -> ``(P, M)`` squared Euclidean distances (clamped at 0)."""
     return torch.clamp(torch.sum(z * z, dim=1, keepdim=True) - 2.0 * z @ bank.T + bank_sq, min=0.0)
 
@@ -52,7 +52,7 @@ class ParzenDensity(nn.Module):
         self.log_norm = float(-0.5 * d * math.log(2.0 * math.pi * bandwidth ** 2))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        a = self.log_weights - _sq_dists(z, self.bank, self.bank_sq) * (0.5 / self.bandwidth ** 2)
+        a = self.log_weights - sq_dists(z, self.bank, self.bank_sq) * (0.5 / self.bandwidth ** 2)
         return _logsumexp_rows(a) + self.log_norm
 
 
@@ -78,7 +78,7 @@ def log_density_grid(z: np.ndarray, bank: np.ndarray, weights: np.ndarray | None
     zt = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
     out = np.empty((z.shape[0], len(bandwidths)), dtype=np.float64)
     for i in range(0, zt.shape[0], block):
-        d2 = _sq_dists(zt[i:i + block], bt, bsq)
+        d2 = sq_dists(zt[i:i + block], bt, bsq)
         for g, s in enumerate(bandwidths):
             lse = _logsumexp_rows(logw - d2 * float(0.5 / s ** 2)).double()
             out[i:i + block, g] = (lse - 0.5 * d * math.log(2.0 * math.pi * s ** 2)).numpy()
