@@ -6,12 +6,13 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-nodeps.txt
 
-.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper
+.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv
 
 help:
 	@echo "make demo      build the demo textures, train, inspect, print accuracy (creates .venv)"
 	@echo "make test      run the test suite without the slow end-to-end tests (creates .venv)"
 	@echo "make test-all  the whole suite, slow tests included"
+	@echo "make bench-accuracy  linewatch vs baselines vs anomalib (builds the anomalib env in bench/peers/.venv)"
 	@echo "make bench-ablation / bench-few-shot / bench-paper   re-measure bench/results/*.md"
 
 $(PY):
@@ -43,6 +44,19 @@ bench-few-shot: $(STAMP)
 
 bench-paper: $(STAMP)
 	$(PY) bench/paper.py
+
+# anomalib runs in an environment of its own (about 1.9 GB), never in .venv; torch pinned there too.
+PEER_VENV  := bench/peers/.venv
+PEER_STAMP := $(PEER_VENV)/.installed
+$(PEER_STAMP): bench/peers/requirements.txt constraints.txt
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -r bench/peers/requirements.txt
+	touch $(PEER_STAMP)
+
+bench-peers-venv: $(PEER_STAMP)
+
+bench-accuracy: $(STAMP) $(PEER_STAMP)
+	$(PY) bench/accuracy.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

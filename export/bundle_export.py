@@ -24,7 +24,7 @@ def build_manifest(det: FittedDetector, config: TrainConfig, parity: dict[str, A
                           score_definition=f"mean of the {det.figures['top_k']} largest patch scores; "
                                            "patch score = -log p(patch feature), nats"),
         calibration=Calibration(
-            method="cross-conformal (out-of-fold image scores of good training images)",
+            method=det.calibration_method,
             scores=[float(s) for s in cal.scores_], target_reachable=bool(cal.target_reachable_),
             heatmap_low=det.heatmap_low, folds=int(det.figures.get("folds", 0)),
             false_alarm_rate_on_calibration=cal.false_alarm_rate(cal.scores_)),

@@ -52,10 +52,19 @@ def run_train(data: str | Path, out: str | Path, config: TrainConfig | str | Pat
         say(f"skipped: {e}")
     groups = ds.groups(used)
     say(f"{len(set(groups))} image groups for cross-fitting")
-    det = fit_detector(images, cfg, say, groups)
+    validation, val_used = None, []
+    if ds.validation:
+        validation, val_used, val_errors = load_images(ds.validation, spec, _loading_progress(say, "validation"))
+        for e in val_errors:
+            say(f"skipped: {e}")
+        errors = errors + val_errors
+        say(f"calibrating the threshold on {len(val_used)} held-out good images (validation/good)")
+    det = fit_detector(images, cfg, say, groups, validation)
     say("exporting to ONNX and checking parity with onnxruntime")
     training_data = {"source": str(ds.root), "layout": ds.layout, "n_images": len(used),
                      "fingerprint": fingerprint(used, ds.root), "skipped": errors}
+    if val_used:
+        training_data["validation"] = {"n_images": len(val_used), "fingerprint": fingerprint(val_used, ds.root)}
     bundle = export_bundle(det, out, parity_images(ds, images, cfg), cfg, training_data, overwrite=overwrite)
     summary = {"bundle": str(out), "bundle_id": bundle.id, "n_images": len(used), "skipped": len(errors),
                "threshold": bundle.manifest.decision.threshold,

@@ -80,7 +80,8 @@ class Decision:
 
 @dataclass
 class Calibration:
-    """Conformal calibration figures. ``scores``: out-of-fold image scores of good training images."""
+    """Conformal calibration figures. ``scores``: image scores of good images the density did not see
+    (out-of-fold training images, or held-out validation images under the final model; ``method`` says which)."""
 
     method: str
     scores: list[float]

@@ -38,11 +38,11 @@ SMALL_CONFIG = {
 
 @pytest.fixture(scope="session")
 def small_category(tmp_path_factory):
-    """Brick, 64 px crops: 24 training, 8 good and 3 of each defect type for testing."""
+    """Brick, 64 px crops: 24 training, 12 validation (calibration), 8 good and 3 of each defect type for testing."""
     from linewatch.training.demo_data import DemoSpec, build_texture
 
     return build_texture("brick", tmp_path_factory.mktemp("data"),
-                         DemoSpec(size=64, n_train=24, n_test_good=8, n_test_per_defect=3))
+                         DemoSpec(size=64, n_train=24, n_test_good=8, n_test_per_defect=3, n_validation=12))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from linewatch.training.demo_data import DemoSpec, build_texture
 
 def test_conv_ae_bundle_on_tiny_grey_images(tmp_path):
     data = build_texture("brick", tmp_path / "data",
-                         DemoSpec(size=64, n_train=24, n_test_good=8, n_test_per_defect=3, color=False,
+                         DemoSpec(size=64, n_train=24, n_test_good=8, n_test_per_defect=3, n_validation=0, color=False,
                                   defect_types=("crack", "pitting", "burn")))
     cfg = config_from_dict({"model": {"backbone": "conv_ae", "image_size": 32, "channels": 1, "feature_strides": [2, 4]},
                             "conv_ae": {"epochs": 15}, "density": {"bank_size": 256, "folds": 2}, "threads": 2})

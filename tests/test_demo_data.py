@@ -15,9 +15,9 @@ from linewatch.training.demo_data import (DEFECT_TYPES, TEXTURES, DemoSpec, buil
                                           build_texture)
 
 # size 64 draws defects on a 3x upscaled crop; size 160 draws them at native resolution.
-SMALL = DemoSpec(size=64, n_train=4, n_test_good=2, n_test_per_defect=2, seed=7)
-NATIVE = DemoSpec(size=160, n_train=2, n_test_good=1, n_test_per_defect=1, seed=3)
-TINY = DemoSpec(size=32, n_train=2, n_test_good=1, n_test_per_defect=1, seed=1)
+SMALL = DemoSpec(size=64, n_train=4, n_test_good=2, n_test_per_defect=2, n_validation=3, seed=7)
+NATIVE = DemoSpec(size=160, n_train=2, n_test_good=1, n_test_per_defect=1, n_validation=0, seed=3)
+TINY = DemoSpec(size=32, n_train=2, n_test_good=1, n_test_per_defect=1, n_validation=0, seed=1)
 
 
 @pytest.fixture(scope="module", params=[SMALL, NATIVE], ids=["size64", "size160"])
@@ -54,7 +54,9 @@ def test_layout_and_counts(built):
     assert sorted(p.name for p in out.iterdir()) == sorted(folders)  # no leftover hidden build folders
     for name, folder, rec in records(folders):
         assert folder == out / name
-        assert sorted(p.name for p in folder.iterdir()) == ["dataset.json", "ground_truth", "test", "train"]
+        assert sorted(p.name for p in folder.iterdir()) == ["dataset.json", "ground_truth", "test", "train"] + (
+            ["validation"] if spec.n_validation else [])
+        assert len(list((folder / "validation" / "good").glob("*.png")) if spec.n_validation else []) == spec.n_validation
         assert sorted(p.relative_to(folder / "train" / "good").as_posix()
                       for p in (folder / "train" / "good").rglob("*.png")) == sorted(
             f"{('left', 'right')[i % 2]}/{i:03d}.png" for i in range(spec.n_train))
@@ -67,7 +69,7 @@ def test_layout_and_counts(built):
                 f"{i:03d}_mask.png" for i in range(spec.n_test_per_defect)]
         assert rec["spec"]["size"] == spec.size and rec["spec"]["seed"] == spec.seed
         assert rec["counts"]["train/good"] == spec.n_train
-        assert len(rec["files"]) == spec.n_train + spec.n_test_good + 6 * spec.n_test_per_defect
+        assert len(rec["files"]) == spec.n_train + spec.n_test_good + spec.n_validation + 6 * spec.n_test_per_defect
         assert rec["defect_draw_scale"] == (3 if spec.size == 64 else 1)
 
 
@@ -206,7 +208,7 @@ def test_subset_of_defect_types_and_global_rng_untouched(tmp_path):
     random.seed(123)
     np.random.seed(456)
     py_state, np_state = random.getstate(), np.random.get_state()
-    spec = DemoSpec(size=48, n_train=1, n_test_good=1, n_test_per_defect=2, defect_types=("burn", "pitting"))
+    spec = DemoSpec(size=48, n_train=1, n_test_good=1, n_test_per_defect=2, n_validation=0, defect_types=("burn", "pitting"))
     folder = build_texture("brick", tmp_path, spec)
     assert random.getstate() == py_state
     assert np.array_equal(np.random.get_state()[1], np_state[1])

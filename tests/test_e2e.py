@@ -112,3 +112,19 @@ def test_source_can_be_one_image_or_a_glob(small_bundle, small_category, tmp_pat
     p = run_cli("inspect", "--bundle", str(small_bundle), "--source", str(tmp_path / "no" / "*.png"),
                 "--out", str(tmp_path / "c"))
     assert p.returncode == 1 and "matches no image files" in p.stderr
+
+
+def test_threshold_is_calibrated_on_the_validation_images_under_the_final_model(small_bundle, small_category):
+    from linewatch.runtime.bundle import Bundle
+
+    bundle = Bundle.load(small_bundle)
+    cal = bundle.manifest.calibration
+    assert cal.method.startswith("split-conformal")
+    assert len(cal.scores) == 12 == bundle.manifest.training_data["validation"]["n_images"]
+    # the stored calibration scores are the shipped graph's scores of validation/good
+    val = sorted((small_category / "validation" / "good").glob("*.png"))
+    scores = [v.score for v, _, _ in Inspector(bundle).inspect_paths(val)]
+    assert np.allclose(sorted(scores), cal.scores, rtol=1e-4, atol=1e-3)
+    # 12 images cannot reach 1 %: the threshold is the highest validation score
+    assert cal.target_reachable is False
+    assert bundle.manifest.decision.threshold == pytest.approx(max(cal.scores))

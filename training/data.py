@@ -48,6 +48,7 @@ class Dataset:
     train: list[Path]
     test: list[TestImage] = field(default_factory=list)
     train_root: Path | None = None
+    validation: list[Path] = field(default_factory=list)   # held-out good images for calibration
 
     def groups(self, paths: list[Path]) -> list[str]:
         """Group of each training image: its first-level subfolder, or the file itself."""
@@ -71,7 +72,9 @@ def discover(root: str | Path) -> Dataset:
                 for img in list_images(sub):
                     mask = root / "ground_truth" / sub.name / f"{img.stem}_mask.png"
                     test.append(TestImage(img, sub.name, mask if mask.is_file() else None))
-        ds = Dataset(root, "mvtec", train, test, train_root=good)
+        val = root / "validation" / "good"
+        ds = Dataset(root, "mvtec", train, test, train_root=good,
+                     validation=list_images(val) if val.is_dir() else [])
     else:
         ds = Dataset(root, "folder", list_images(root), train_root=root)
     if not ds.train:

@@ -6,13 +6,21 @@ texture becomes one MVTec-style category folder::
 
     OUT/<texture>/train/good/{left,right}/000.png    crops whose rows lie in [0, 256)   (top half),
                                                      columns in [0, 256) or [256, 512) (one subfolder each)
+    OUT/<texture>/validation/good/000.png            more bottom-half crops (other positions): held-out good
+                                                     images the threshold is calibrated on, never fitted
     OUT/<texture>/test/good/000.png                  crops whose rows lie in [256, 512) (bottom half)
     OUT/<texture>/test/<defect>/000.png              bottom-half crops with one defect drawn in
     OUT/<texture>/ground_truth/<defect>/000_mask.png uint8 mask in {0, 255}, same size as the image
     OUT/<texture>/dataset.json                       spec, sizes, counts, crop positions, defect metadata
 
-Images are single-channel (grey) 8-bit PNGs of ``size x size`` pixels. Train and test crops come from
-disjoint row ranges of the texture, so no test pixel was ever seen in training.
+Images are 8-bit PNGs of ``size x size`` pixels (BGR with ``color``, else grey). Train and test crops
+come from disjoint row ranges of the texture, so no test pixel was ever seen in training.
+
+The validation crops stand for the good production images a line calibrates its threshold on: they come
+from the test region, because these photos are not stationary at this scale (one region of gravel scores
+higher than another; see bench/results/accuracy.md), so a threshold calibrated on the training region
+would not hold its false-alarm rate there. They are drawn at their own random positions and may overlap
+test crops; the density never sees them.
 
 Reproducibility: every file has its own seed derived from ``(spec.seed, texture, split, index)``, so
 the same spec gives byte-identical files whatever order or subset of textures is built. defect-synthesis
@@ -61,7 +69,8 @@ MAX_ATTEMPTS = 20       # draws per defect image before giving up
 # linewatch keeps a subfolder's images in one cross-fitting fold, so calibration scores come from
 # surface the fold's density never saw (as test images do).
 TRAIN_REGIONS = (("left", (0, TEXTURE_SIZE // 2)), ("right", (TEXTURE_SIZE // 2, TEXTURE_SIZE)))
-FORMAT_VERSION = 3      # bump when the output for a given spec changes
+FORMAT_VERSION = 4      # bump when the output for a given spec changes
+_VALIDATION_CODE = 100  # seed key of validation crops (0: train, 1: test good, 2..: defect types)
 
 _SEED_PURPOSE_CROP, _SEED_PURPOSE_DEFECT = 0, 1
 
@@ -74,6 +83,7 @@ class DemoSpec:
         size: crop height = width in pixels, 32..256 (train and test each have 256 texture rows).
         n_train: number of ``train/good`` crops.
         n_test_good: number of ``test/good`` crops.
+        n_validation: number of ``validation/good`` crops (0 = none: calibration is cross-fitted).
         n_test_per_defect: number of ``test/<defect>`` crops for each defect type.
         defect_types: which of ``DEFECT_TYPES`` to generate.
         seed: non-negative integer; the same spec and seed give byte-identical files.
@@ -85,12 +95,13 @@ class DemoSpec:
     n_train: int = 200
     n_test_good: int = 40
     n_test_per_defect: int = 10
+    n_validation: int = 200
     defect_types: tuple[str, ...] = DEFECT_TYPES
     seed: int = 0
     color: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("size", "n_train", "n_test_good", "n_test_per_defect", "seed"):
+        for name in ("size", "n_train", "n_test_good", "n_test_per_defect", "n_validation", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"DemoSpec.{name} must be a non-negative integer, got {value!r}")
@@ -178,6 +189,8 @@ def _write_category(texture: str, root: Path, spec: DemoSpec) -> None:
               ("test", "good", spec.n_test_good, test_rows, 1)]
     groups += [("test", d, spec.n_test_per_defect, test_rows, 2 + DEFECT_TYPES.index(d))
                for d in spec.defect_types]
+    if spec.n_validation:
+        groups.append(("validation", "good", spec.n_validation, test_rows, _VALIDATION_CODE))
 
     files = []
     for split, label, count, rows, group_code in groups:
@@ -353,7 +366,7 @@ def _global_rngs_preserved() -> Iterator[None]:
 
 
 def _count_images(spec: DemoSpec) -> int:
-    return spec.n_train + spec.n_test_good + spec.n_test_per_defect * len(spec.defect_types)
+    return spec.n_train + spec.n_test_good + spec.n_validation + spec.n_test_per_defect * len(spec.defect_types)
 
 
 def _jsonable(value: Any) -> Any:

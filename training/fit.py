@@ -33,6 +33,9 @@ from .scorer import PatchDensityScorer, image_score
 
 Progress = Callable[[str], None]
 
+CROSS_CONFORMAL = "cross-conformal (out-of-fold image scores of good training images)"
+SPLIT_CONFORMAL = "split-conformal (image scores of held-out good validation images, final model)"
+
 
 def input_spec_for(config: TrainConfig) -> InputSpec:
     m = config.model
@@ -71,6 +74,7 @@ class FittedDetector:
     backbone: str
     figures: dict = field(default_factory=dict)
     chain: ChainExport | None = None
+    calibration_method: str = CROSS_CONFORMAL
 
 
 def build_bank(patches: np.ndarray, config: TrainConfig, seed: int) -> PatchBank:
@@ -124,25 +128,29 @@ def extract_maps(images: np.ndarray, config: TrainConfig, progress: Progress | N
 
 
 def fit_detector(images: np.ndarray, config: TrainConfig, progress: Progress | None = None,
-                 groups: list[str] | None = None) -> FittedDetector:
+                 groups: list[str] | None = None, validation: np.ndarray | None = None) -> FittedDetector:
     """Fit on good images ``float32 (N, C, H, W)`` (model inputs from ``preprocess``).
 
     ``groups`` (one label per image) keeps related images in the same cross-fitting fold; by default
-    every image is its own group.
+    every image is its own group. ``validation``: held-out good images ``(V, C, H, W)``; when given,
+    the threshold and p-values are calibrated on their scores under the final model (split-conformal)
+    instead of on the cross-fitted training scores.
     """
     if images.shape[0] < 2:
         raise ValueError(f"training needs at least 2 good images, got {images.shape[0]}")
     t0 = time.perf_counter()
     features, maps = extract_maps(images, config, progress)
-    det = fit_on_maps(features, maps, config, progress, groups)
+    val_maps = None if validation is None else extract(features, validation, config.batch_size)
+    det = fit_on_maps(features, maps, config, progress, groups, val_maps)
     det.figures["feature_seconds"] = round(time.perf_counter() - t0 - det.figures["fit_seconds"], 2)
     det.figures["fit_seconds"] = round(time.perf_counter() - t0, 2)
     return det
 
 
 def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, progress: Progress | None = None,
-                groups: list[str] | None = None) -> FittedDetector:
-    """The density, bandwidth and calibration part of :func:`fit_detector`, on level-1 maps ``(N, D, h, w)``."""
+                groups: list[str] | None = None, validation_maps: np.ndarray | None = None) -> FittedDetector:
+    """The density, bandwidth and calibration part of :func:`fit_detector`, on level-1 maps ``(N, D, h, w)``
+    (and the held-out good images' maps ``(V, D, h, w)``, if any)."""
     say = progress or (lambda _msg: None)
     n, dim, h, w = maps.shape
     fold_of = assign_folds(groups if groups is not None else [str(i) for i in range(n)],
@@ -195,16 +203,21 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
         oof_patch_scores[held] = -lp.reshape(-1, h * w)
     top_k = min(config.scoring.top_k, h * w)
     oof_image_scores = image_score(torch.from_numpy(oof_patch_scores.reshape(n, h, w)), top_k).numpy()
-    calibrator = ConformalCalibrator(config.calibration.target_false_alarm_rate).fit(oof_image_scores)
-    if not calibrator.target_reachable_:
-        say(f"warning: {n} good images cannot guarantee a false-alarm rate of "
-            f"{calibrator.alpha:g}; at least {calibrator.min_images_for_target_} are needed. "
-            "The threshold is the highest calibration score.")
 
     bank = bank_for(codes.reshape(-1, cdim), patches.reshape(-1, dim), config.seed + folds)
     density = ParzenDensity(bank.centres, bandwidth, bank.weights)
     encoder = rep.encoder(level) if rep is not None and level > 1 else None
     scorer = PatchDensityScorer(features, density, top_k, encoder).eval()
+    if validation_maps is None:
+        method, calibration_scores = CROSS_CONFORMAL, oof_image_scores
+    else:
+        method, calibration_scores = SPLIT_CONFORMAL, score_maps(scorer, validation_maps)[0]
+    calibrator = ConformalCalibrator(config.calibration.target_false_alarm_rate).fit(calibration_scores)
+    cross_fitted = ConformalCalibrator(config.calibration.target_false_alarm_rate).fit(oof_image_scores)
+    if not calibrator.target_reachable_:
+        say(f"warning: {len(calibration_scores)} good calibration images cannot guarantee a false-alarm rate of "
+            f"{calibrator.alpha:g}; at least {calibrator.min_images_for_target_} are needed. "
+            "The threshold is the highest calibration score.")
     chain = None
     if rep is not None and level > 1:
         start = rep.encode(patches.reshape(-1, dim)[rng.choice(n * h * w, min(256, n * h * w), replace=False)],
@@ -218,10 +231,22 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
         "n_images": int(n), "feature_dim": int(dim), "code_dim": int(cdim), "level": int(level),
         "map_shape": [int(h), int(w)], "top_k": int(top_k),
         "bank_size": int(bank.centres.shape[0]), "folds": int(folds),
-        "chain_samples": int(config.sampling.chain_samples),
+        "chain_samples": int(config.sampling.chain_samples), "n_calibration": len(calibration_scores),
         "bandwidth_grid": [float(g) for g in grid], "heldout_mean_loglik": [float(v) for v in mean_ll],
+        "cross_fitted_threshold": cross_fitted.threshold_,
         "fit_seconds": round(time.perf_counter() - t0, 2),
     }
     return FittedDetector(scorer=scorer, input_spec=input_spec_for(config), calibrator=calibrator,
                           bandwidth=bandwidth, heatmap_low=float(np.median(oof_patch_scores)),
-                          map_shape=(int(h), int(w)), backbone=config.model.backbone, figures=figures, chain=chain)
+                          map_shape=(int(h), int(w)), backbone=config.model.backbone, figures=figures, chain=chain,
+                          calibration_method=method)
+
+
+@torch.no_grad()
+def score_maps(scorer: PatchDensityScorer, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The scorer's head (encoder, density, image score) on level-1 maps ``(N, D, h, w)``: image scores
+    ``float32 (N,)`` and patch scores ``(N, h, w)``, equal to running the whole graph on the images."""
+    n, d, h, w = maps.shape
+    z = scorer.encoder(torch.from_numpy(to_patches(maps).reshape(-1, d))).numpy()
+    patch = -log_density(scorer.density, z).reshape(n, h, w)
+    return image_score(torch.from_numpy(patch), scorer.top_k).numpy(), patch
