@@ -15,10 +15,10 @@ import numpy as np
 
 from linewatch.training.demo_data import TEXTURES, DemoSpec, build_demo_dataset
 
-# 1000 good test crops per texture, so a false-alarm rate of 1 % is 10 images (40 would measure nothing),
+# 500 good test crops per texture, so a false-alarm rate of 1 % is 5 images (40 would measure nothing),
 # 1000 validation crops to calibrate on (the threshold is then the 10th highest validation score, whose
 # false-alarm rate varies far less than the 2nd highest of 200 would), and 20 crops per defect type.
-FULL_TEXTURE_SPEC = DemoSpec(size=224, n_train=200, n_test_good=1000, n_test_per_defect=20, n_validation=1000)
+FULL_TEXTURE_SPEC = DemoSpec(size=224, n_train=200, n_test_good=500, n_test_per_defect=20, n_validation=1000)
 QUICK_TEXTURE_SPEC = DemoSpec(size=64, n_train=24, n_test_good=40, n_test_per_defect=3, n_validation=40)
 MNIST_SEED = 0
 MNIST_SPLIT = (3500, 500, 1000)      # train / unused / test, as in bench/paper.py
