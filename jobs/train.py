@@ -1,17 +1,23 @@
-"""``linewatch train``: fit on good images, then export and verify a bundle."""
+"""``linewatch train``: fit on good images, write a checkpoint, then export and verify a bundle.
+
+The checkpoint (default ``BUNDLE.ckpt`` next to the bundle folder; see
+:mod:`linewatch.training.checkpoint`) lets ``linewatch export`` write the bundle again, e.g. as int8,
+without refitting. The bundle itself is written by the export job's code (:mod:`linewatch.jobs.export`),
+so ``train`` and ``export`` produce the same bundle from the same fit.
+"""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from ..export.bundle_export import export_bundle
+from ..export.int8_bundle import QuantizationGateError
 from ..runtime.bundle import Bundle
+from ..training.checkpoint import default_checkpoint_path, make_checkpoint, save_checkpoint
 from ..training.config import TrainConfig, load_config
-from ..training.data import Dataset, discover, fingerprint, load_images
+from ..training.data import discover, fingerprint, load_images
 from ..training.fit import fit_detector, input_spec_for
+from .export import export_checkpoint
 
 
 def _loading_progress(say: Callable[[str], None], what: str) -> Callable[[int, int], None]:
@@ -21,28 +27,25 @@ def _loading_progress(say: Callable[[str], None], what: str) -> Callable[[int, i
     return report
 
 
-def parity_images(ds: Dataset, train_images: np.ndarray, config: TrainConfig) -> np.ndarray:
-    """Images for the torch/onnxruntime check: labelled test images when there are any (good and
-    defective, spread over the list), else training images."""
-    k = config.export.parity_images
-    if ds.test:
-        picks = [ds.test[i].path for i in np.linspace(0, len(ds.test) - 1, min(k, len(ds.test))).astype(int)]
-        arrays, _, _ = load_images(picks, input_spec_for(config))
-        return arrays
-    return train_images[:k]
-
-
 def run_train(data: str | Path, out: str | Path, config: TrainConfig | str | Path | None = None,
-              progress: Callable[[str], None] | None = None, overwrite: bool = False) -> tuple[Bundle, dict]:
-    """Train on the good images under ``data`` and write a bundle to ``out``.
+              progress: Callable[[str], None] | None = None, overwrite: bool = False,
+              checkpoint: str | Path | bool = True) -> tuple[Bundle, dict]:
+    """Train on the good images under ``data`` and write a bundle to ``out`` (int8 with ``export.int8``).
 
-    Returns the loaded bundle and a summary (counts, timings, threshold, skipped files).
+    ``checkpoint``: where to write the training checkpoint; ``True`` (default) = ``OUT.ckpt`` next to
+    the bundle folder, ``False`` = none. It is written before the bundle, so it survives a failed
+    int8 gate. Returns the loaded bundle and a summary (counts, timings, threshold, skipped files).
     """
     say = progress or (lambda _m: None)
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists; choose another --out or pass --overwrite")
+    ckpt_path = None if checkpoint is False else \
+        default_checkpoint_path(out) if checkpoint is True else Path(checkpoint)
+    if ckpt_path is not None and ckpt_path.exists() and not overwrite:
+        raise FileExistsError(f"{ckpt_path}: a checkpoint already exists there; choose another --out or "
+                              "--checkpoint, or pass --overwrite")
     t0 = time.perf_counter()
     ds = discover(data)
     spec = input_spec_for(cfg)
@@ -60,17 +63,30 @@ def run_train(data: str | Path, out: str | Path, config: TrainConfig | str | Pat
         errors = errors + val_errors
         say(f"calibrating the threshold on {len(val_used)} held-out good images (validation/good)")
     det = fit_detector(images, cfg, say, groups, validation)
-    say("exporting to ONNX and checking parity with onnxruntime")
     training_data = {"source": str(ds.root), "layout": ds.layout, "n_images": len(used),
                      "fingerprint": fingerprint(used, ds.root), "skipped": errors}
     if val_used:
         training_data["validation"] = {"n_images": len(val_used), "fingerprint": fingerprint(val_used, ds.root)}
-    bundle = export_bundle(det, out, parity_images(ds, images, cfg), cfg, training_data, overwrite=overwrite)
+    ckpt = make_checkpoint(det, cfg, ds, used, val_used, training_data)
+    if ckpt_path is not None:
+        save_checkpoint(ckpt, ckpt_path)
+        say(f"checkpoint written: {ckpt_path} ({ckpt_path.stat().st_size / 1e6:.1f} MB)")
+    try:
+        bundle, exported = export_checkpoint(ckpt, out, cfg.export.int8, overwrite, say)
+    except QuantizationGateError as exc:
+        if ckpt_path is None:
+            raise
+        raise QuantizationGateError(f"{exc}. The checkpoint {ckpt_path} was kept: `linewatch export --checkpoint "
+                                    f"{ckpt_path} --out {out}` writes the fp32 bundle without refitting") from exc
     summary = {"bundle": str(out), "bundle_id": bundle.id, "n_images": len(used), "skipped": len(errors),
                "threshold": bundle.manifest.decision.threshold,
                "target_false_alarm_rate": bundle.manifest.decision.target_false_alarm_rate,
                "target_reachable": bundle.manifest.calibration.target_reachable,
                "bandwidth": det.bandwidth, "parity_max_abs_score_diff": bundle.manifest.parity["max_abs_score_diff"],
+               "precision": exported["precision"], "bundle_bytes": exported["bundle_bytes"],
+               "checkpoint": str(ckpt_path) if ckpt_path is not None else None,
                "seconds": round(time.perf_counter() - t0, 1)}
+    if "gate" in exported:
+        summary["gate"] = exported["gate"]
     say(f"bundle written: {out} (threshold {summary['threshold']:.4g}, {summary['seconds']} s)")
     return bundle, summary

@@ -102,6 +102,9 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
     chain: dict[str, Any] = field(default_factory=dict)   # top-layer chain graph (empty without one)
+    # int8 bundles: how the graph was quantised and the int8-vs-fp32 accuracy gate's figures (empty for
+    # fp32). Optional and additive: manifests without it load, and older readers ignore it (no schema bump).
+    quantization: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     format: str = BUNDLE_FORMAT
@@ -141,6 +144,7 @@ class Manifest:
                 parity=dict(d.get("parity", {})),
                 lineage=dict(d.get("lineage", {})),
                 chain=dict(d.get("chain", {})),
+                quantization=dict(d.get("quantization", {})),
                 files=dict(d["files"]),
                 schema_version=version,
                 format=d["format"],
@@ -192,6 +196,14 @@ class Bundle:
         return self.path / name
 
 
+def umask_mode(mode: int) -> int:
+    """``mode`` less the process umask: what ``mkdir``/``open`` would give. ``mkdtemp``/``mkstemp`` make
+    private 0700/0600 entries, which would hide a bundle from the (non-root) user of an edge container."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, str | os.PathLike | bytes],
                  overwrite: bool = False) -> Bundle:
     """Write a bundle atomically: files go to a temporary sibling folder that is renamed to ``out``.
@@ -207,6 +219,7 @@ def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, st
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        os.chmod(tmp, umask_mode(0o777))
         manifest.files = {}
         for name, src in files.items():
             dst = tmp / name

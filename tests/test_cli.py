@@ -10,7 +10,7 @@ def run(*args):
 def test_help_explains_every_subcommand():
     top = run("--help")
     assert top.returncode == 0
-    for cmd in ("train", "inspect", "demo"):
+    for cmd in ("train", "export", "inspect", "demo"):
         assert cmd in top.stdout
         sub = run(cmd, "--help")
         assert sub.returncode == 0 and "--out" in sub.stdout

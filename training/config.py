@@ -87,6 +87,8 @@ class ExportConfig:
     parity_images: int = 16                 # held-out images scored by torch and onnxruntime
     parity_rtol: float = 1e-4               # |torch - onnx| <= rtol * max(1, |score|) ...
     parity_atol: float = 1e-3               # ... + atol, for every image score
+    int8: bool = False                      # int8 bundle: static QDQ quantisation (late backbone layers) + accuracy gate
+    int8_calibration_images: int = 32       # training images that calibrate the int8 activation ranges
 
 
 @dataclass
@@ -131,6 +133,8 @@ class TrainConfig:
             raise ConfigError("density.folds must be at least 2")
         if self.density.bank_size < 16:
             raise ConfigError("density.bank_size must be at least 16")
+        if self.export.int8_calibration_images < 1:
+            raise ConfigError("export.int8_calibration_images must be at least 1")
         return self
 
     def to_dict(self) -> dict[str, Any]:

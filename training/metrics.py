@@ -22,6 +22,21 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two score vectors ``(N,)``: Pearson correlation of their average
+    ranks (ties share their mean rank). ``nan`` with fewer than 2 values or when either is constant."""
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"spearman needs two vectors of the same length, got {x.size} and {y.size}")
+    if x.size < 2:
+        return float("nan")
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    den = float(np.sqrt(np.sum(rx * rx) * np.sum(ry * ry)))
+    return float(np.sum(rx * ry) / den) if den > 0 else float("nan")
+
+
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     """AUROC over all pixels: ``masks`` bool/0-1 ``(N, H, W)``, ``maps`` anomaly scores of the same shape."""
     return auroc(np.asarray(masks).ravel() > 0, np.asarray(maps).ravel())

@@ -39,9 +39,11 @@ PADIM_N_FEATURES = 100                                   # of 24 + 40 + 112 = 17
 PATCHCORE_LAYERS = ["blocks.2", "blocks.4"]              # ResNet layer2 + layer3 analogue
 PATCHCORE_RATIO = {"full": 0.01, "quick": 0.01}          # anomalib's default 0.1 takes > 10 min here
 DFKDE_LAYERS = ["blocks.6"]                              # ResNet layer4 analogue (deepest tap)
-# GANomaly trains ~60-110 s per epoch on 200 images at 128 px with 1-2 threads here, so 5 epochs keep it
-# within ~5 min (anomalib's reference fit for 5 epochs at 128 px: 154 s on 100 images).
-GANOMALY_EPOCHS = {"full": 5, "quick": 1}
+# GANomaly trains ~60-110 s per epoch on 200 images at 128 px with 1-2 threads here; 3 epochs keep the
+# three textures within the benchmark's budget (anomalib's reference fit: 5 epochs at 128 px in 154 s on
+# 100 images; it scored at chance after 5 epochs on brick here, and reached 0.71 on an easier set only
+# after 20 epochs, see ../shared/reference/peers.md). --ganomaly-epochs overrides.
+GANOMALY_EPOCHS = {"full": 3, "quick": 1}
 BATCH = 32
 THRESHOLD_NOTE = "threshold: anomalib's F1-adaptive threshold, tuned on the labelled test set (optimistic for anomalib)"
 
