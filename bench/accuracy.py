@@ -63,12 +63,15 @@ PIXEL_SIDE = {"texture": 32, "mnist": 28}   # pixel baselines see grey images of
 MAP_BLUR_SIGMA = 4.0     # patch maps: bilinear upsampling to the mask size, then this Gaussian blur (px)
 STACK = {"widths": [64, 32], "epochs": 15}
 
+# The default first; the other variants were measured on raw (not whitened) level-1 features, and say so.
+RAW = {"whiten": False}
 LINEWATCH_VARIANTS: dict[str, dict] = {
-    "linewatch default (level 1)": {},
-    "linewatch top layer (level 3)": {"stack": STACK, "density": {"level": 3}},
-    "linewatch top layer + chain samples": {"stack": STACK, "density": {"level": 3},
-                                            "sampling": {"chain_samples": 2048, "sigma": 0.2}},
-    "linewatch level 1, strides 8+16": {"model": {"feature_strides": [8, 16]}},
+    "linewatch default (level 1, whitened)": {},
+    "linewatch level 1, not whitened": {"density": RAW},
+    "linewatch top layer (level 3), not whitened": {"stack": STACK, "density": {"level": 3, **RAW}},
+    "linewatch top layer + chain samples, not whitened": {"stack": STACK, "density": {"level": 3, **RAW},
+                                                          "sampling": {"chain_samples": 2048, "sigma": 0.2}},
+    "linewatch level 1, strides 8+16, not whitened": {"model": {"feature_strides": [8, 16]}, "density": RAW},
 }
 FEATURE_BASELINES: dict[str, Callable] = {
     "kNN patch distance (PatchCore-like)": KnnPatchDistance,
@@ -195,7 +198,8 @@ def run_linewatch(case: Case, overrides: dict) -> MethodRun:
     head_ms = 1000.0 * (time.perf_counter() - t0) / len(case.test_paths)
     check_against_graph(det, case, scores)
     return MethodRun(scores, patch, det.calibrator.threshold_, fit_s, feat_ms + head_ms,
-                     extra={"bandwidth": det.bandwidth, "cross_fitted_threshold": det.figures["cross_fitted_threshold"]})
+                     extra={"bandwidth": det.bandwidth,
+                            "cross_fitted_threshold": det.figures["cross_fitted_threshold"]})
 
 
 def check_against_graph(det, case: Case, scores: np.ndarray, n: int = 4) -> None:
@@ -303,15 +307,20 @@ def metrics(case: Case, run: MethodRun, peer: bool) -> list[dict]:
 
 
 def run_case(case: Case, args, peer_root: Path | None) -> list[dict]:
+    """Every method (or those named by ``args.methods``) on one case -> metric rows."""
+    def wanted(name: str) -> bool:
+        return not args.methods or name in args.methods
+
     rows, runs = [], {}
     for name, overrides in LINEWATCH_VARIANTS.items():
-        runs[name] = run_linewatch(case, overrides)
-        report(case, name, runs[name])
+        if wanted(name):
+            runs[name] = run_linewatch(case, overrides)
+            report(case, name, runs[name])
     cache = FeatureCache.for_config(case.config)      # the default level-1 features
     train_maps, feat_train_ms = cache.get(case.train_paths)
     test_maps, feat_ms = cache.get(case.test_paths)
     val_maps = cache.get(case.validation_paths)[0] if case.validation_paths else None
-    for name, make in FEATURE_BASELINES.items():
+    for name, make in ((n, m) for n, m in FEATURE_BASELINES.items() if wanted(n)):
         runs[name] = run_baseline(case, make, train_maps, test_maps, val_maps, feat_ms,
                                   feat_train_ms * len(case.train_paths) / 1000.0)
         report(case, name, runs[name])
@@ -323,11 +332,11 @@ def run_case(case: Case, args, peer_root: Path | None) -> list[dict]:
     test_px = grey_pixels(case.test_paths, side)
     prep_ms = 1000.0 * (time.perf_counter() - t0) / len(case.test_paths)
     val_px = grey_pixels(case.validation_paths, side) if case.validation_paths else None
-    for name, make in PIXEL_BASELINES.items():
+    for name, make in ((n, m) for n, m in PIXEL_BASELINES.items() if wanted(n)):
         runs[name] = run_baseline(case, make, train_px, test_px, val_px, prep_ms, prep_fit)
         report(case, name, runs[name])
     peers = {}
-    if peer_root is not None:
+    if peer_root is not None and wanted("anomalib"):
         models = tuple(m for m in args.peer_models if not (case.kind == "mnist" and m in MNIST_PEER_SKIP))
         peers = run_peers(case, peer_root / case.name, args.threads, args.quick, models)
         for name, r in peers.items():
@@ -358,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="reuse the result rows of cases finished by an earlier run on the same data (each case's "
                          "rows are saved under DATA/rows as soon as it finishes)")
     ap.add_argument("--rows-only", action="store_true", help="compute case rows but write no report")
+    ap.add_argument("--methods", nargs="+", metavar="NAME",
+                    help="compute only these methods (names as in the table; 'anomalib' for the peers); their rows "
+                         "are saved beside the others and the report merges them")
     args = ap.parse_args(argv)
     out = Path(args.out or ("/tmp/linewatch-accuracy-quick" if args.quick else BENCH / "results"))
     data = Path(args.data) / ("quick" if args.quick else "full")
@@ -383,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     rows_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, kind, folder, cfg in folders:
-        cached = rows_dir / f"{name}.json"
+        tag = "" if not args.methods else "+" + hashlib.sha1("|".join(sorted(args.methods)).encode()).hexdigest()[:8]
+        cached = rows_dir / f"{name}{tag}.json"
         if args.resume and cached.is_file():
             print(f"== {name}: reusing {cached} (--resume)", flush=True)
         else:
@@ -392,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp = cached.with_suffix(".tmp")
             tmp.write_text(json.dumps(case_rows))
             os.replace(tmp, cached)
-        rows += json.loads(cached.read_text())
+        rows += merged_rows(rows_dir, name)
     if args.rows_only:
         print(f"case rows are in {rows_dir}; run again with --resume (without --only) for the report")
         return 0
@@ -404,6 +417,17 @@ def main(argv: list[str] | None = None) -> int:
                    peers_ran=peer_root is not None)
     print(f"wrote {out / 'accuracy.md'} and accuracy.csv in {(time.perf_counter() - t_start) / 60:.1f} min")
     return 0
+
+
+def merged_rows(rows_dir: Path, case: str) -> list[dict]:
+    """A case's rows from its full run and any ``--methods`` runs (oldest first; a later run of the
+    same method replaces the earlier rows)."""
+    merged: dict[tuple[str, str], dict] = {}
+    for f in sorted(rows_dir.glob(f"{case}.json")) + sorted(rows_dir.glob(f"{case}+*.json"),
+                                                             key=lambda p: p.stat().st_mtime):
+        for r in json.loads(f.read_text()):
+            merged[(r["method"], r["subset"])] = r
+    return list(merged.values())
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -40,6 +40,8 @@ class DensityConfig:
     max_candidates: int = 30000      # random patches the coreset is chosen from
     coreset_projection: int = 32     # random-projection dims used only to pick the coreset
     weighted: bool = True            # weight each bank point by the patches it stands for
+    whiten: bool = True              # sphere the level-1 features with their training covariance first
+    whiten_shrinkage: float = 0.05   # covariance shrinkage towards the identity (training/whitening.py)
     level: int = 1                   # representation level of the density: 1 = features, 2.. = stack codes
     folds: int = 5                   # cross-fitting folds for bandwidth choice and calibration scores
     bandwidth_patches: int = 20000   # held-out patches (over all folds) that choose the bandwidth

@@ -1,6 +1,7 @@
 """Fitting the patch-density detector on good images only.
 
-1. Level-1 patch features of every training image (frozen Lite0, or a conv autoencoder trained here);
+1. Level-1 patch features of every training image (frozen Lite0, or a conv autoencoder trained here),
+   sphered with their training covariance when ``density.whiten`` is set (``training/whitening.py``);
    with ``stack.widths``, CAE levels above them, and the density at ``density.level`` (the stack is
    fitted once on all training patches, before cross-fitting; optional top-layer chain samples join
    each bank).
@@ -19,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..runtime.calibration import ConformalCalibrator
 from ..runtime.preprocess import InputSpec
@@ -30,6 +32,7 @@ from .levels import chain_samples, fit_stack
 from .parzen import ParzenDensity, log_density, log_density_grid
 from .sampler import ChainStep
 from .scorer import PatchDensityScorer, image_score
+from .whitening import fit_whitening
 
 Progress = Callable[[str], None]
 
@@ -163,6 +166,10 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
     rng = np.random.default_rng(config.seed)
     level = config.density.level
     patches = to_patches(maps)                                  # (N, h*w, D) level-1 features
+    whitening = None
+    if config.density.whiten:                                   # sphered level-1 features from here on
+        whitening = fit_whitening(patches.reshape(-1, dim), config.density.whiten_shrinkage, seed=config.seed)
+        patches = whitening.transform(patches)
     rep = None
     if config.stack.widths:
         rep = fit_stack(patches.reshape(-1, dim), config.stack, config.seed, say)
@@ -206,7 +213,8 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
 
     bank = bank_for(codes.reshape(-1, cdim), patches.reshape(-1, dim), config.seed + folds)
     density = ParzenDensity(bank.centres, bandwidth, bank.weights)
-    encoder = rep.encoder(level) if rep is not None and level > 1 else None
+    stages = [m for m in (whitening, rep.encoder(level) if rep is not None and level > 1 else None) if m is not None]
+    encoder = None if not stages else stages[0] if len(stages) == 1 else nn.Sequential(*stages)
     scorer = PatchDensityScorer(features, density, top_k, encoder).eval()
     if validation_maps is None:
         method, calibration_scores = CROSS_CONFORMAL, oof_image_scores
