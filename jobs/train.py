@@ -62,6 +62,11 @@ def run_train(data: str | Path, out: str | Path, config: TrainConfig | str | Pat
             say(f"skipped: {e}")
         errors = errors + val_errors
         say(f"calibrating the threshold on {len(val_used)} held-out good images (validation/good)")
+    else:
+        say("note: no validation/good folder; the threshold comes from cross-fitted training scores, which "
+            "hold only while production images look like the training images (another region, light or "
+            "batch shifts the false-alarm rate: bench/results/accuracy.md). Add validation/good to calibrate "
+            "on images taken the way the line takes them")
     det = fit_detector(images, cfg, say, groups, validation)
     training_data = {"source": str(ds.root), "layout": ds.layout, "n_images": len(used),
                      "fingerprint": fingerprint(used, ds.root), "skipped": errors}
