@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-nodeps.txt
 
-.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv
+.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency
 
 help:
 	@echo "make demo      build the demo textures, train, inspect, print accuracy (creates .venv)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-all  the whole suite, slow tests included"
 	@echo "make bench-accuracy  linewatch vs baselines vs anomalib (builds the anomalib env in bench/peers/.venv)"
 	@echo "make bench-ablation / bench-few-shot / bench-paper   re-measure bench/results/*.md"
+	@echo "make bench-latency   latency, throughput, cold start, size vs torch, anomalib and the floor (bench/results/latency.md)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +58,10 @@ bench-peers-venv: $(PEER_STAMP)
 
 bench-accuracy: $(STAMP) $(PEER_STAMP)
 	$(PY) bench/accuracy.py
+
+# Run it on an otherwise idle machine: every configuration is timed in its own pinned process.
+bench-latency: $(STAMP) $(PEER_STAMP)
+	$(PY) bench/latency.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

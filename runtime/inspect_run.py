@@ -62,8 +62,11 @@ def _heatmap_name(source: str, base: Path, index: int) -> str:
 
 
 def run_inspection(inspector: Inspector, source: str, out: str | os.PathLike, batch_size: int = 8,
-                   heatmaps: bool = True, progress: Callable[[str], None] | None = None) -> RunSummary:
-    """Inspect every image of ``source`` (file, folder or glob) into ``out``; see the module docstring."""
+                   heatmaps: bool = True, progress: Callable[[str], None] | None = None,
+                   workers: int = 1) -> RunSummary:
+    """Inspect every image of ``source`` (file, folder or glob) into ``out``; see the module docstring.
+
+    ``workers > 1``: score that many batches at once (see :meth:`Inspector.inspect_paths`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / RESULTS_NAME
@@ -82,7 +85,7 @@ def run_inspection(inspector: Inspector, source: str, out: str | os.PathLike, ba
     low = inspector.bundle.manifest.calibration.heatmap_low
     with open(results, "a") as log:
         _repair_torn_tail(results, log)
-        for i, (verdict, image, pmap) in enumerate(inspector.inspect_paths(paths, batch_size), start=1):
+        for i, (verdict, image, pmap) in enumerate(inspector.inspect_paths(paths, batch_size, workers), start=1):
             rec = verdict.to_dict()
             rec["heatmap"] = None
             if verdict.anomalous and heatmaps and image is not None:

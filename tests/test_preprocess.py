@@ -82,3 +82,21 @@ def test_input_spec_round_trip_and_validation():
     assert InputSpec.from_dict(RGB.to_dict()) == RGB
     with pytest.raises(ValueError):
         InputSpec(32, 32, 1, "RGB", (0.5,), (0.5,))
+
+
+@pytest.mark.parametrize("spec", [RGB, GRAY, InputSpec(24, 40, 3, "RGB", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+@pytest.mark.parametrize("shape", [(32, 32), (32, 32, 3), (32, 32, 4), (50, 45, 3), (20, 20)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_fast_path_is_bit_identical_to_the_stated_formula(spec, shape, dtype):
+    """preprocess works per channel plane for speed; the numbers must be exactly the documented ones."""
+    from linewatch.runtime.preprocess import to_unit_float
+    img = np.random.default_rng(0).integers(0, np.iinfo(dtype).max + 1, shape).astype(dtype)
+    x = resize_to(to_unit_float(convert_channels(img, spec.color_order)), spec.height, spec.width)
+    x = x[:, :, None] if x.ndim == 2 else x
+    inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).astype(np.float32)
+    want = np.transpose((x - np.asarray(spec.mean, dtype=np.float32)) * inv_std, (2, 0, 1))
+    got = preprocess(img, spec)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and np.array_equal(got, want)
+    buf = np.full((2, *want.shape), np.nan, np.float32)
+    out = preprocess(img, spec, out=buf[1])                  # one row of a reused batch buffer
+    assert np.shares_memory(out, buf) and np.array_equal(buf[1], want) and np.isnan(buf[0]).all()

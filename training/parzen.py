@@ -7,6 +7,15 @@ bandwidth ``s``::
 
 Squared distances come from one matrix product (``||z||^2 - 2 z.mu + ||mu||^2``); the logsumexp
 subtracts its maximum, so far-away features give finite (very negative) log-densities.
+
+:meth:`ParzenDensity.forward` (the exported scoring graph) moves everything it can out of the
+``(P, M)`` matrix: with ``c = 1 / (2 s^2)``,
+``log w_i - c ||z - mu_i||^2 = [z . (2c mu_i) + (log w_i - c ||mu_i||^2)] - c ||z||^2``; the bracket
+is one matrix product plus a per-centre bias (both constants fold into the graph's initialisers, and
+onnxruntime runs them as one Gemm), and ``c ||z||^2`` is the same for every centre, so it is
+subtracted after the logsumexp. That leaves four passes over the ``(P, M)`` matrix (Gemm, max,
+subtract-and-clamp, exp-and-sum) instead of nine; same value up to float32 rounding
+(``bench/results/latency.md``).
 """
 from __future__ import annotations
 
@@ -52,8 +61,9 @@ class ParzenDensity(nn.Module):
         self.log_norm = float(-0.5 * d * math.log(2.0 * math.pi * bandwidth ** 2))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        a = self.log_weights - sq_dists(z, self.bank, self.bank_sq) * (0.5 / self.bandwidth ** 2)
-        return _logsumexp_rows(a) + self.log_norm
+        c = 0.5 / self.bandwidth ** 2
+        a = z @ (self.bank * (2.0 * c)).T + (self.log_weights - self.bank_sq * c)   # (P, M), one Gemm
+        return _logsumexp_rows(a) - torch.sum(z * z, dim=1) * c + self.log_norm
 
 
 @torch.no_grad()
