@@ -679,19 +679,49 @@ def run_worker(job: dict, timeout: float = 1800) -> dict:
     raise RuntimeError(f"worker {job['kind']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
+# Peak RSS must come from the child itself: ``wait4``'s ru_maxrss of a child that a big parent forked (this
+# orchestrator holds torch after training) starts at the parent's RSS, because exec() folds the forked
+# image's high-water mark into it. VmHWM belongs to the exec'ed image only.
+HWM_PRELUDE = """
+import atexit, os, sys
+def _linewatch_latency_hwm():
+    try:
+        with open('/proc/self/status') as f:
+            kb = next(line for line in f if line.startswith('VmHWM:')).split()[1]
+        with open(os.environ['LINEWATCH_LATENCY_HWM'], 'w') as f:
+            f.write(kb)
+    except Exception:
+        pass
+atexit.register(_linewatch_latency_hwm)
+"""
+CLI_SCRIPT = "import sys\nfrom linewatch.cli import main\nsys.argv[0] = 'linewatch'\nsys.exit(main())\n"
+
+
+def python_cmd(script: str, *args: str) -> list[str]:
+    """``python -c`` of ``script`` that also writes its own peak RSS (VmHWM) when it exits."""
+    return [sys.executable, "-c", HWM_PRELUDE + script, *args]
+
+
 def timed_process(cmd: list[str], threads: int = 1) -> tuple[float, float, int]:
-    """Run ``cmd`` pinned; -> (wall seconds from spawn to exit, peak RSS MB from wait4, exit code)."""
-    with tempfile.TemporaryFile() as err:
+    """Run ``cmd`` pinned; -> (wall seconds from spawn to exit, peak RSS MB, exit code).
+
+    Peak RSS: the VmHWM the child wrote (commands made by :func:`python_cmd`), else ``wait4``'s ru_maxrss.
+    """
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile(suffix=".hwm") as hwm:
+        env = child_env(threads)
+        env["LINEWATCH_LATENCY_HWM"] = hwm.name
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, env=child_env(threads), preexec_fn=pin(threads), stdout=subprocess.DEVNULL,
+        p = subprocess.Popen(cmd, env=env, preexec_fn=pin(threads), stdout=subprocess.DEVNULL,
                              stderr=err, stdin=subprocess.DEVNULL)
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
         if p.returncode:
             err.seek(0)
-            raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({p.returncode}): {err.read()[-2000:].decode(errors='replace')}")
-    return wall, ru.ru_maxrss / 1024.0, p.returncode
+            raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({p.returncode}): "
+                               f"{err.read()[-2000:].decode(errors='replace')}")
+        kb = Path(hwm.name).read_text().strip()
+    return wall, (int(kb) / 1024.0 if kb else ru.ru_maxrss / 1024.0), p.returncode
 
 
 def dir_bytes(path: Path) -> int:
@@ -940,7 +970,6 @@ for p in sys.argv[2:]:
 
 def process_figures(models: dict, ckpt: Path | None, data: Path, pngs: list[Path], tmp: Path, n: int) -> dict:
     import numpy as np
-    lw = shutil.which("linewatch", path=str(Path(sys.executable).parent)) or "linewatch"
     one = str(next((p for p in pngs if p.parent.name == "good"), pngs[0]))     # a good image: no heat map
     out = {}
     for label, mj in models.items():
@@ -948,44 +977,65 @@ def process_figures(models: dict, ckpt: Path | None, data: Path, pngs: list[Path
         walls, rss = [], []
         for i in range(n):
             if mj["model"] == "linewatch":
-                cmd = [lw, "inspect", "--bundle", mj["bundle"], "--source", one, "--out", str(tmp / f"cold-{label}-{i}"),
-                       "--threads", "1"]
+                cmd = python_cmd(CLI_SCRIPT, "inspect", "--bundle", mj["bundle"], "--source", one, "--out",
+                                 str(tmp / f"cold-{label}-{i}"), "--threads", "1")
             else:
-                cmd = [sys.executable, "-c", COLD_SCRIPT_ANOMALIB, mj["onnx"], str(mj["size"]), one]
+                cmd = python_cmd(COLD_SCRIPT_ANOMALIB, mj["onnx"], str(mj["size"]), one)
             w, r, _ = timed_process(cmd)
             walls.append(w)
             rss.append(r)
         if mj["model"] == "linewatch":
-            cmd = [lw, "inspect", "--bundle", mj["bundle"], "--source", str(data / "test"), "--out",
-                   str(tmp / f"all-{label}"), "--threads", "1"]
+            cmd = python_cmd(CLI_SCRIPT, "inspect", "--bundle", mj["bundle"], "--source", str(data / "test"), "--out",
+                             str(tmp / f"all-{label}"), "--threads", "1")
         else:
-            cmd = [sys.executable, "-c", COLD_SCRIPT_ANOMALIB, mj["onnx"], str(mj["size"]), *map(str, pngs)]
+            cmd = python_cmd(COLD_SCRIPT_ANOMALIB, mj["onnx"], str(mj["size"]), *map(str, pngs))
         _, rss_all, _ = timed_process(cmd)
         out[label] = {"cold_s": float(np.median(walls)), "cold_all": [round(w, 3) for w in walls],
                       "rss_one_mb": float(np.max(rss)), "rss_folder_mb": rss_all}
         if mj["model"] == "linewatch":
-            out[label]["rss_by_batch_mb"] = rss_by_batch(lw, mj["bundle"], data, tmp, label)
+            out[label]["rss_by_batch_mb"] = rss_by_batch(mj["bundle"], data, tmp, label)
     if ckpt is not None:
         say("torch eager: cold start and peak RSS")
         walls, rss = [], []
         for _ in range(max(2, n // 2)):
-            w, r, _ = timed_process([sys.executable, "-c", COLD_SCRIPT_TORCH, str(ckpt), one])
+            w, r, _ = timed_process(python_cmd(COLD_SCRIPT_TORCH, str(ckpt), one))
             walls.append(w)
             rss.append(r)
-        _, rss_all, _ = timed_process([sys.executable, "-c", COLD_SCRIPT_TORCH, str(ckpt), *map(str, pngs)])
+        _, rss_all, _ = timed_process(python_cmd(COLD_SCRIPT_TORCH, str(ckpt), *map(str, pngs)))
         out["torch eager (same graph)"] = {"cold_s": float(np.median(walls)), "cold_all": [round(w, 3) for w in walls],
                                            "rss_one_mb": float(np.max(rss)), "rss_folder_mb": rss_all}
     return out
 
 
-def rss_by_batch(lw: str, bundle: str, data: Path, tmp: Path, label: str) -> dict:
+def rss_by_batch(bundle: str, data: Path, tmp: Path, label: str) -> dict:
     """Peak RSS of `linewatch inspect --threads 1` over the test folder for --batch-size 1, 8 and 32."""
     out = {}
     for b in (1, 8, 32):
-        _, r, _ = timed_process([lw, "inspect", "--bundle", bundle, "--source", str(data / "test"), "--out",
-                                 str(tmp / f"rss-{label}-{b}"), "--threads", "1", "--batch-size", str(b)])
+        _, r, _ = timed_process(python_cmd(CLI_SCRIPT, "inspect", "--bundle", bundle, "--source", str(data / "test"),
+                                           "--out", str(tmp / f"rss-{label}-{b}"), "--threads", "1",
+                                           "--batch-size", str(b)))
         out[str(b)] = r
     return out
+
+
+def redo_process(R: dict) -> dict:
+    """Cold start and peak RSS again, for the models and bundles of a previous run."""
+    data = Path(R["images"]["data"])
+    models = {"linewatch fp32": {"model": "linewatch", "bundle": R["bundles"]["fp32"]["path"]}}
+    if R["bundles"]["int8"]["path"]:
+        models["linewatch int8"] = {"model": "linewatch", "bundle": R["bundles"]["int8"]["path"]}
+    for info in R["peers"]["models"].values():
+        models[info["label"]] = {"model": "anomalib", "onnx": info["onnx"], "size": info["input_size"]}
+    ck = Path(R["bundles"]["fp32"]["path"])
+    ck = ck.with_name(ck.name + ".ckpt")
+    tmp = Path(tempfile.mkdtemp(prefix="lw-latency-", dir=CACHE))
+    R["process"] = process_figures(models, ck if ck.is_file() else None, data, _test_pngs(data), tmp,
+                                   R["plan"]["cold"])
+    shutil.rmtree(tmp, ignore_errors=True)
+    R.setdefault("notes", []).append(f"cold start and peak RSS re-measured with `--redo process` at "
+                                     f"{time.strftime('%H:%M UTC', time.gmtime())} (load average "
+                                     f"{os.getloadavg()[0]:.2f}); every other figure is from the run above")
+    return R
 
 
 def machine() -> dict:
@@ -1136,7 +1186,7 @@ def write_report(R: dict, path: Path) -> None:
           "*Cold start*: wall time of a fresh process, from spawn until it exits after writing the first verdict "
           f"(`linewatch inspect --threads 1` on one good PNG; median of {R['plan']['cold']}). anomalib: a minimal "
           "`python -c` script (numpy, cv2, onnxruntime; session; one image); torch: a script that loads the training "
-          "checkpoint and scores one image. *Peak RSS*: `wait4` of that process (one image) and of one that "
+          "checkpoint and scores one image. *Peak RSS*: the VmHWM of that process (one image) and of one that "
           f"inspects all {R['images']['n_test_pngs']} test images (linewatch: with heat maps for flagged images).", "",
           "| model | cold start s | peak RSS, one image MB | peak RSS, test folder MB | model size MB |", "|---|---|---|---|---|"]
     for lab in models:
@@ -1151,6 +1201,7 @@ def write_report(R: dict, path: Path) -> None:
             size = next((i["bytes"] / 1e6 for i in R["peers"]["models"].values() if i["label"] == lab), None)
         L.append(f"| {lab} | {f1(pr.get('cold_s'), 2)} | {f1(pr.get('rss_one_mb'), 0)} | {f1(pr.get('rss_folder_mb'), 0)} | "
                  f"{f1(size, 2) if size else '–'}{' (module state)' if size and lab.startswith('torch') else ''} |")
+    L.append("")
     for lab in models:
         rb = proc.get(lab, {}).get("rss_by_batch_mb")
         if rb:
@@ -1337,23 +1388,34 @@ def misses_section(R, p, tp, best_tp, best_tp_e2e, fastest_peer, peak, peak8) ->
         missed = True
         s1 = p(label, 1, "session", "p50")
         floor_ms = floor_of(label)
+        n = nodes.get(label, {}).get("by_part_ms", {})
+        conv_floor = 1000 * 2 * fl.get(label, {}).get("by_op", {}).get("Conv", 0) / (peak * 1e9)
+        share = n.get("density", 0) / max(sum(n.values()), 1e-9)
+        gap = e - s1 - (host or 0.0)
         out.append(
-            f"- **{label}, end-to-end p50 {e:.2f} ms > {target:g} ms.** The session alone takes {s1:.2f} ms; "
-            + (f"the host side (read, decode, preprocess, verdict, record) about {host:.2f} ms, nearly all of it the PNG "
-               "decode. " if host else "")
-            + (parts(label) + ". " if parts(label) else "")
-            + f"The multiply-add floor of this graph is {floor_ms:.2f} ms, so the backbone's kernels run far below the "
-            "GEMM peak: depthwise convolutions and the 112 x 112 expanded layers of Lite0's first blocks are "
-            "memory-bound. What would close it: " + (
-                "quantising the early blocks too (the int8 export keeps the stem and blocks 0-6 in fp32 because int8 "
-                "there breaks the accuracy gate on gravel and grass; see `export/quantize.py`), a smaller bank "
-                "(`density.bank_size` 2048 -> 1024 halves the density's Gemm), or a backbone truncated earlier / a "
-                "smaller input size. On ARM or with AMX-enabled onnxruntime builds int8 gains more."
+            f"- **{label}, end-to-end p50 {e:.2f} ms > {target:g} ms.** The session alone takes {s1:.2f} ms"
+            + (f"; the host steps (read, decode, preprocess, verdict, record) about {host:.2f} ms, nearly all of it "
+               "the PNG decode" if host else "")
+            + (f"; the remaining {gap:.1f} ms is the session running slower between decodes than back to back "
+               "(decoding evicts the graph's weights and activations from the 1 MB L2 cache)" if host and gap > 0.3 else "")
+            + ". " + (parts(label) + ". " if parts(label) else "")
+            + f"The multiply-add floor of the whole graph is {floor_ms:.2f} ms"
+            + (f", and the backbone runs at {n['backbone'] / conv_floor:.1f}x its own floor ({conv_floor:.2f} ms): "
+               "its depthwise convolutions and the 112 x 112 expanded layers of Lite0's first blocks are "
+               "memory-bound" if n.get("backbone") and conv_floor else "")
+            + (f"; even at the floor, session plus host steps would take {floor_ms + host:.1f} ms" if host else "")
+            + ". What would close it: fewer multiply-adds per image. " + (
+                "Quantise the early blocks too (the int8 export keeps the stem and blocks 0-6 in fp32 because int8 "
+                "there breaks the accuracy gate on gravel and grass; see `export/quantize.py`: here only "
+                f"{fl.get(label, {}).get('int8_macs', 0) / max(fl.get(label, {}).get('macs', 1), 1):.0%} of the "
+                "multiply-adds run in int8), use a smaller bank (`density.bank_size` 2048 -> 1024 halves the "
+                "density's Gemm) or a smaller input. This CPU has no VNNI, so int8 convolutions gain little over "
+                "fp32 here; ARM dot-product or VNNI CPUs gain more."
                 if label == lw8 else
-                "int8 for the backbone (when the gate allows it), a smaller density bank (`density.bank_size`; the "
-                "density is a quarter to a third of the session), a 192-px input (the cost scales with pixels), or "
-                "the PNG decode moved off the scoring thread (a reader thread) when images arrive faster than one "
-                "at a time."))
+                f"int8 in the backbone (as far as the accuracy gate allows), a smaller density bank "
+                f"(`density.bank_size`; the density is {share:.0%} of the session's kernel time), or a smaller "
+                "input (the backbone's cost scales with pixels: 192 px would save about a quarter); and, when "
+                "images arrive faster than one at a time, decoding on another thread (`workers`)."))
     for label in (lw32, lw8):
         if p(label, 1, "e2e", "p50") is None:
             continue
@@ -1366,8 +1428,8 @@ def misses_section(R, p, tp, best_tp, best_tp_e2e, fastest_peer, peak, peak8) ->
             out.append(
                 f"- **{label}, throughput with 2 threads {b:.0f} images/s (session, best setting; inspection pipeline "
                 f"{bp:.0f}) < {TARGETS['throughput_2t']:g}.** 250 images/s on two cores leaves 8 ms of CPU per image, "
-                f"decoding included; one image's session alone takes {s1:.2f} ms at one thread (1-thread batch "
-                f"throughput {one:.0f} images/s), and the multiply-add floor is {floor_of(label):.2f} ms. Two cores "
+                f"decoding included; one image's session alone takes {s1:.2f} ms at one thread (best 1-thread "
+                f"rate {one:.0f} images/s), and the multiply-add floor is {floor_of(label):.2f} ms. Two cores "
                 f"give {b / max(one, 1e-9):.2f}x the 1-thread rate (they share the L3 cache and memory bandwidth). "
                 "What would close it is the same as for the latency: fewer multiply-adds per image (int8 in more of "
                 "the backbone, a smaller bank, a smaller input), since the session is already within "
@@ -1383,7 +1445,10 @@ def misses_section(R, p, tp, best_tp, best_tp_e2e, fastest_peer, peak, peak8) ->
         r = pr.get(label, {}).get("rss_folder_mb")
         if r is not None and r > TARGETS["rss_mb"]:
             missed = True
-            out.append(f"- **{label}, peak RSS {r:.0f} MB > {TARGETS['rss_mb']:g} MB.**")
+            rb = pr.get(label, {}).get("rss_by_batch_mb", {})
+            out.append(f"- **{label}, peak RSS {r:.0f} MB > {TARGETS['rss_mb']:g} MB** (`linewatch inspect`, default "
+                       "batch 8). The onnxruntime arena keeps a batch's activations"
+                       + (f"; at `--batch-size 1` the same run peaks at {rb['1']:.0f} MB" if "1" in rb else "") + ".")
     b8 = R["bundles"]["int8"]["bytes"]
     if b8 and b8 / 1e6 > TARGETS["int8_mb"]:
         missed = True
@@ -1401,7 +1466,10 @@ def misses_section(R, p, tp, best_tp, best_tp_e2e, fastest_peer, peak, peak8) ->
 
 
 def best_tp_one(R, label, tp) -> float:
-    return max([x for x in (tp(label, 1, "session", 8), tp(label, 1, "session", 32)) if x is not None] or [0.0])
+    """Best 1-thread session rate: batch 1 (from its p50), 8 or 32."""
+    b1 = R["latency"].get(f"{label}|1", {}).get("session", {}).get("b1")
+    rates = [x for x in (tp(label, 1, "session", 8), tp(label, 1, "session", 32)) if x is not None]
+    return max(rates + ([1000.0 / b1["p50"]] if b1 else []) or [0.0])
 
 
 def main(argv=None) -> int:
@@ -1413,12 +1481,19 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peers", action="store_true", help="leave anomalib out")
     ap.add_argument("--out", type=Path, help="report path (default bench/results/latency.md, or latency-quick.md)")
     ap.add_argument("--json", type=Path, help="also write the raw figures as JSON here")
+    ap.add_argument("--redo", choices=["process"],
+                    help="re-measure only this section of the last run (cache last.json) and rewrite the report")
+    ap.add_argument("--note", action="append", default=[], help="a note to add to the report (repeatable)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker_main(args.worker)
     t0 = time.perf_counter()
-    R = measure(args)
+    if args.redo:
+        R = redo_process(json.loads((CACHE / ("last-quick.json" if args.quick else "last.json")).read_text()))
+    else:
+        R = measure(args)
+    R["notes"] = list(R.get("notes", [])) + args.note
     R["seconds"] = time.perf_counter() - t0
     out = args.out or (CACHE / "latency-quick.md" if args.quick else RESULTS / "latency.md")
     if args.json:
