@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_data import mnist_cases, texture_cases  # noqa: E402
+from accuracy_report import DEFAULT, write_markdown  # noqa: E402
 from baselines import (KnnPatchDistance, PixelIsolationForest, PixelOCSVM, PixelParzen, PixelPCA,  # noqa: E402
                        PositionGaussian)
 
@@ -66,7 +67,7 @@ STACK = {"widths": [64, 32], "epochs": 15}
 # The default first; the other variants were measured on raw (not whitened) level-1 features, and say so.
 RAW = {"whiten": False}
 LINEWATCH_VARIANTS: dict[str, dict] = {
-    "linewatch default (level 1, whitened)": {},
+    DEFAULT: {},                                     # "linewatch default (level 1, whitened)"
     "linewatch level 1, not whitened": {"density": RAW},
     "linewatch top layer (level 3), not whitened": {"stack": STACK, "density": {"level": 3, **RAW}},
     "linewatch top layer + chain samples, not whitened": {"stack": STACK, "density": {"level": 3, **RAW},
@@ -411,8 +412,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "accuracy.csv", rows)
-    from accuracy_report import write_markdown
-
     write_markdown(out / "accuracy.md", rows, args=args, minutes=(time.perf_counter() - t_start) / 60,
                    peers_ran=peer_root is not None)
     print(f"wrote {out / 'accuracy.md'} and accuracy.csv in {(time.perf_counter() - t_start) / 60:.1f} min")
