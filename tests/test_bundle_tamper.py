@@ -16,7 +16,7 @@ from linewatch.runtime.signing import (KEY_ENV, NOT_CHECKED, SIGNATURE_NAME, UNS
 from test_bundle import tiny_manifest
 
 rb = load_robustness()
-CASES = rb.bundle_cases(["model.onnx"])
+CASES = rb.bundle_cases([])          # the cases that do not depend on the bundle's file list
 
 
 @pytest.fixture(autouse=True)
@@ -24,9 +24,14 @@ def no_key(monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
 
 
-def test_the_cases_cover_every_file_of_the_bundle(small_bundle):
+def test_one_changed_byte_in_any_listed_file_is_refused_naming_it(small_bundle, tmp_path):
     files = sorted(Bundle.load(small_bundle).manifest.files)
-    assert [c.name for c in rb.bundle_cases(files)] == [c.name for c in CASES]
+    assert "model.onnx" in files
+    flips = [c for c in rb.bundle_cases(files) if c.name not in {k.name for k in CASES}]
+    assert len(flips) == len(files)
+    for case in flips:
+        out = rb.try_bundle_case(case, small_bundle, tmp_path)
+        assert out.refused and all(w in out.message for w in case.words), (case.name, out.message)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
