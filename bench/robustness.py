@@ -312,6 +312,14 @@ def _swap_graph(path: Path) -> None:
         sha256=sha256_file(onnx_path), bytes=onnx_path.stat().st_size))
 
 
+def _swap_density(path: Path) -> None:
+    """Rewrite density.bin with another bank of the same size (every parameter halved) and update its
+    checksum and the manifest digest: the graph is unchanged, the detector is not."""
+    f = path / "density.bin"
+    f.write_bytes((np.frombuffer(f.read_bytes(), dtype="<f4") * np.float32(0.5)).astype("<f4").tobytes())
+    _edit_manifest(path, lambda m: m["files"]["density.bin"].update(sha256=sha256_file(f), bytes=f.stat().st_size))
+
+
 def _sign(key: str) -> Callable[[Path], None]:
     def sign(path: Path) -> None:
         write_signature(path, key_bytes(key))
@@ -403,6 +411,11 @@ def bundle_cases(files: list[str]) -> list[BundleCase]:
         BundleCase("key 'hex:' with non-hex digits", _sign(KEY), (KEY_ENV, "not hex digits"),
                    env={KEY_ENV: "hex:zz" + "0" * 40}),
     ]
+    if "density.bin" in files:
+        cases += [BundleCase("density.bin swapped for another bank, checksums updated (no key set)", _swap_density,
+                             expect="loads", signature="none"),
+                  BundleCase("signed, then density.bin swapped and checksums updated", _then(_sign(KEY), _swap_density),
+                             ("signature does not match",), env={KEY_ENV: KEY})]
     return cases
 
 
