@@ -506,7 +506,8 @@ def image_table(outcomes: list[ImageOutcome], runs: dict[str, dict]) -> str:
 def bundle_table(outcomes: list[BundleOutcome], folder: str) -> str:
     lines = ["Each case damages a copy of the colour bundle, then loads it as `linewatch inspect` does "
              f"(`Inspector`). \"key set\" is `{KEY_ENV}` at load time. Without a key, someone who rewrites the "
-             "checksums can swap the graph (the row that loads); with a key, every such change is refused.", "",
+             "checksums can swap the graph or the density bank (the rows that load with status `none`); with a key, "
+             "every such change is refused.", "",
              "| case | key set | outcome | message (refusal) or signature status (loaded) |", "|---|---|---|---|"]
     for o in outcomes:
         env = o.case.env.get(KEY_ENV)
