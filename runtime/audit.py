@@ -247,6 +247,10 @@ def histogram_svg(good: np.ndarray, flagged: np.ndarray, threshold: float, bins:
         f'<text x="{width - 10}" y="{height - 12}" font-size="11" text-anchor="end">{hi:.4g}</text>',
         f'<text x="{(left + width) / 2:.0f}" y="{height - 2}" font-size="11" text-anchor="middle">image score (nats)</text>',
         f'<text x="4" y="16" font-size="11">{top}</text>',
+        f'<rect x="{width - 170}" y="6" width="10" height="10" fill="#4878b0"/>'
+        f'<text x="{width - 156}" y="15" font-size="11">not flagged ({good.size})</text>',
+        f'<rect x="{width - 170}" y="22" width="10" height="10" fill="#c8402a"/>'
+        f'<text x="{width - 156}" y="31" font-size="11">flagged ({flagged.size})</text>',
         '</svg>']
     return "".join(parts)
 
@@ -285,7 +289,7 @@ h1{font-size:20px;margin:14px 0 4px}h2{font-size:16px;margin:18px 0 6px}
 .bar input{width:80px}.bar input.wide{width:180px}
 .counts span{margin-right:14px}.small{font-size:12px;color:#555}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-.card{background:#fff;border:2px solid #ddd;border-radius:6px;margin:10px 0;padding:8px;outline:none}
+.card{background:#fff;border:2px solid #ddd;border-radius:6px;margin:10px 0;padding:8px;outline:none;scroll-margin:90px 0 10px}
 .card.current{border-color:#1a5fd0;box-shadow:0 0 0 2px #1a5fd033}
 .card.defect{background:#fdecea}.card.good{background:#eaf6ea}
 .card header{display:flex;gap:8px;align-items:baseline;font-size:13px}
@@ -328,12 +332,12 @@ JS = r"""
     $("reviewed").textContent = n;
     $("progress").textContent = "reviewed " + n + " of " + cards.length + " (" + vis + " shown)";
   }
-  function setCurrent(i) {
+  function setCurrent(i, quiet) {
     if (cur >= 0) cards[cur].classList.remove("current");
     cur = i;
     if (i < 0) return;
     cards[i].classList.add("current");
-    cards[i].scrollIntoView({block: "nearest"});
+    if (!quiet) cards[i].scrollIntoView({block: "nearest"});
   }
   function move(step) {
     var i = cur;
@@ -356,7 +360,7 @@ JS = r"""
       if ((show === "defect" || show === "good") && (!v || v.label !== show)) ok = false;
       cards[i].hidden = !ok;
     }
-    if (cur < 0 || cards[cur].hidden) setCurrent(firstVisible());
+    if (cur < 0 || cards[cur].hidden) setCurrent(firstVisible(), true);
     progress();
   }
   function mark(label) {
@@ -406,7 +410,7 @@ JS = r"""
     else done = false;
     if (done) ev.preventDefault();
   });
-  cards.forEach(function (c, i) { c.addEventListener("click", function () { setCurrent(i); }); });
+  cards.forEach(function (c, i) { c.addEventListener("click", function () { setCurrent(i, true); }); });
   ["f-min", "f-max", "f-source", "f-show"].forEach(function (id) { $(id).addEventListener("input", applyFilters); });
   $("export").addEventListener("click", exportVerdicts);
   for (var i = 0; i < cards.length; i++) render(i);
@@ -526,7 +530,7 @@ def build_report(results_dir: str | os.PathLike, bundle: str | os.PathLike | Bun
         "results": str(results.resolve()), "bundle": str(inspector.bundle.path), "bundle_id": inspector.bundle.id,
         "generated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inspected": len(records), "flagged": len(flagged), "not_flagged": int(len(scored) - len(flagged)),
-        "errors": len(errors), "shown": len(cards), "reviewed": 0,
+        "errors": len(errors), "shown": len(cards),
         "threshold": float(m.decision.threshold), "target_false_alarm_rate": float(m.decision.target_false_alarm_rate),
         "gallery_images": len(gallery) if gallery is not None else 0, "reconstruction": recon is not None,
         "missing_sources": sum(any("no longer at" in n for n in c.notes) for c in cards),
