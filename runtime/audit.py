@@ -135,7 +135,8 @@ def _read_image(path: str) -> tuple[np.ndarray | None, str | None]:
     try:
         return decode_image(Path(path).read_bytes(), source=path, max_pixels=DEFAULT_MAX_PIXELS), None
     except FileNotFoundError:
-        return None, f"the source image is no longer at {path}: nearest good images cannot be computed"
+        return None, (f"the source image is no longer at {path} (moved or deleted, or a frame that was never saved): "
+                      "no nearest good images")
     except OSError as exc:
         return None, f"the source image {path} cannot be read ({exc.strerror or exc})"
     except ImageError as exc:

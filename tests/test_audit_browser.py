@@ -19,16 +19,17 @@ from linewatch.runtime.inspect_run import RESULTS_NAME, read_results
 from test_audit import ODD_NAME, make_results
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
-                                reason="needs Debian's chromium and chromium-driver: "
-                                       "apt-get install -y chromium chromium-driver")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium and chromium-driver: "
+                                                                 "apt-get install -y chromium chromium-driver")
 CONTRACT_KEYS = {"source", "label", "score", "bundle", "reviewed_utc"}
 
 
 @pytest.fixture
 def browser(tmp_path, monkeypatch):
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
+    assert CHROMEDRIVER.exists(), "chromium is installed but not its driver: apt-get install -y chromium-driver"
 
     monkeypatch.setenv("SE_OFFLINE", "true")          # selenium-manager must never download anything
     downloads = tmp_path / "downloads"
