@@ -56,12 +56,13 @@ def build_gallery(images: Sequence[tuple[str, bytes]], spec: InputSpec, onnx_pat
         name, data = images[i]
         try:
             img = decode_image(data, source=name)
+            x = preprocess(img, spec, source=name)[None]
         except ImageError:
             skipped += 1
             continue
         thumbs.append(thumbnail_jpeg(img, thumbnail_px, quality))
         names.append(name)
-        embs.append(embed(session.run([features_output], {input_name: preprocess(img, spec)[None]})[0])[0])
+        embs.append(embed(session.run([features_output], {input_name: x})[0])[0])
     # Drop images from the end until the packed file fits the budget (npz headers included).
     n = len(thumbs)
     while n and len(blob := pack(thumbs[:n], names[:n], np.stack(embs[:n]))) > max_bytes:

@@ -172,7 +172,11 @@ def build_card(rec: dict, inspector: Inspector, gallery: Gallery | None, recon: 
         return card
     bgr = display_bgr(img)
     card.image_uri = jpeg_data_uri(bgr)
-    x = preprocess(img, inspector.spec)[None]
+    try:
+        x = preprocess(img, inspector.spec, source=card.source)[None]
+    except ImageError as exc:           # e.g. the file was replaced by one far smaller than the model input
+        card.notes.append(str(exc))
+        return card
     names = [m.model.score_output, m.model.map_output] + ([m.model.features_output] if m.model.features_output else [])
     outs = inspector.session.run(names, {m.model.input_name: x})
     score, pmap = float(outs[0][0]), outs[1][0]
