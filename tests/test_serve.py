@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import http.client
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import cv2
@@ -301,6 +303,10 @@ def test_reload_waits_out_a_bundle_being_rewritten(small_bundle, tmp_path):
     writer.join()
     assert out["previous"] == old.bundle.id and out["bundle"] != old.bundle.id
     assert service.inspector.threshold == pytest.approx(old.threshold + 2.0)
+    gone = weakref.ref(old)                  # nothing keeps the replaced inspector (and its session) alive
+    del old
+    gc.collect()
+    assert gone() is None
     # without a writer at work, a missing bundle fails at once and the old one keeps serving
     t0 = time.monotonic()
     with pytest.raises(BundleError, match="no such bundle folder"):
