@@ -54,13 +54,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
+    if args.max_body_bytes <= 0 or args.max_pixels <= 0 or args.timeout <= 0 or args.threads < 1 or args.workers < 0:
+        raise ValueError("--max-body-bytes, --max-pixels and --timeout must be positive, --threads at least 1, "
+                         "--workers >= 0")
+    # OpenCV reads its own decode limit when it is imported: set it first, so an image that claims more
+    # pixels is refused before its pixel buffer is allocated (a small PNG can claim gigabytes)
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(args.max_pixels))
     from linewatch.runtime.serve import TOKEN_ENV, ServeOptions, run
 
-    if args.max_body_bytes <= 0 or args.timeout <= 0 or args.threads < 1 or args.workers < 0:
-        raise ValueError("--max-body-bytes and --timeout must be positive, --threads at least 1, --workers >= 0")
     opts = ServeOptions(host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, timeout_s=args.timeout,
                         threads=args.threads, workers=args.workers, max_connections=args.max_connections,
-                        token=os.environ.get(TOKEN_ENV) or None, log_requests=not args.quiet)
+                        token=os.environ.get(TOKEN_ENV) or None, log_requests=not args.quiet,
+                        max_pixels=args.max_pixels)
     if not opts.token and args.host not in ("127.0.0.1", "localhost", "::1"):
         _say(f"linewatch serve: warning: listening on {args.host} without a token; set {TOKEN_ENV} to require one")
     return run(args.bundle, opts, announce=print_flush)
@@ -152,7 +157,8 @@ authentication:
 
 limits (errors are JSON {"error": ..., "status": ...}; a bad request never stops the service):
   413 body over --max-body-bytes (from Content-Length, before reading), 411 no Content-Length,
-  408 body slower than --timeout, 400 undecodable image (decoder's message), 415 non-image
+  408 body slower than --timeout, 400 undecodable image (decoder's message) or one over
+  --max-pixels (refused before its pixels are decoded), 415 non-image
   Content-Type, 404 unknown path, 405 wrong method, 503 no scoring slot within --timeout or more
   than --max-connections connections.
 
@@ -170,6 +176,8 @@ SIGTERM or SIGINT: stop accepting, let requests in flight finish (up to --timeou
     s.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
     s.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024, metavar="N",
                    help="largest request body accepted (default 20971520 = 20 MiB)")
+    s.add_argument("--max-pixels", type=int, default=50_000_000, metavar="N",
+                   help="largest image decoded, in pixels (default 50000000); larger ones get 400")
     s.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="socket timeout, longest body upload and longest wait for a scoring slot (default 30 s)")
     s.add_argument("--threads", type=int, default=1, metavar="N", help="onnxruntime intra-op threads per image (default 1)")

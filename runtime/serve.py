@@ -51,12 +51,16 @@ import cv2
 from .bundle import MANIFEST_NAME, Bundle, BundleError
 from .heatmap import overlay
 from .inspector import Inspector
-from .preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_image, display_bgr
+from .preprocess import ImageError, decode_image, display_bgr
 from .service_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .service_metrics import ServiceMetrics
 
 TOKEN_ENV = "LINEWATCH_TOKEN"
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
+# Largest image decoded (pixels): 50 MP is ~150 MB as 8-bit BGR. A small PNG can describe a huge
+# image, so the limit, not the body size, is what bounds a request's memory (``linewatch inspect``
+# keeps preprocess's far larger default, for files it is given by its operator).
+SERVE_MAX_PIXELS = 50_000_000
 ROUTES = {"/v1/inspect": {"POST": "inspect"}, "/v1/reload": {"POST": "reload"},
           "/healthz": {"GET": "healthz"}, "/metrics": {"GET": "metrics"}}
 OPEN_PATHS = ("/healthz",)          # answered without the bearer token
@@ -91,7 +95,7 @@ class ServeOptions:
     max_connections: int = 64
     token: str | None = None
     log_requests: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = SERVE_MAX_PIXELS
     reload_retry_s: float = 2.0
 
     def resolved_workers(self) -> int:
@@ -206,13 +210,13 @@ class InspectionService:
     def reload(self, path: str | os.PathLike | None = None) -> dict:
         """Serve the bundle at ``path`` (default: the path served now) once it loaded fully.
 
-        Raises :class:`BundleError` (the old bundle keeps serving). Reloads run one at a time."""
+        Raises :class:`BundleError` or ``OSError`` (the old bundle keeps serving). Reloads run one at a time."""
         with self._reload_lock:
             target = Path(path) if path else self.bundle_path
             t0 = time.perf_counter()
             try:
                 new = self.load(target)
-            except BundleError:
+            except (BundleError, OSError):
                 self.metrics.reloaded(False)
                 raise
             old = self.inspector
@@ -238,7 +242,11 @@ class InspectionService:
                                  f"finished within {self.options.timeout_s:g} s; retry later",
                             {"Retry-After": "1"})
         try:
-            image = decode_image(data, source=source, max_pixels=inspector.max_pixels)
+            try:
+                image = decode_image(data, source=source, max_pixels=inspector.max_pixels)
+            except cv2.error as exc:      # OpenCV's own limits (OPENCV_IO_MAX_IMAGE_PIXELS, see cmd_serve)
+                raise ImageError(f"{source}: OpenCV refused to decode it ({exc.err or exc}); images over "
+                                 f"{inspector.max_pixels} pixels are refused (--max-pixels)") from None
             verdict, patch_map = inspector.inspect_image(image, source=source)
             out = verdict.to_dict()
             out["bundle_version"] = bundle_version(inspector.bundle)
@@ -481,7 +489,7 @@ class ServiceHandler(BaseHTTPRequestHandler):
             path = req.get("bundle") or None
         try:
             result = self.server.service.reload(path)
-        except BundleError as exc:
+        except (BundleError, OSError) as exc:
             raise HTTPError(422, f"reload failed, still serving bundle {self.server.service.inspector.bundle.id}: "
                                  f"{exc}") from None
         self._send_json(200, result)

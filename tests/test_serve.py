@@ -316,8 +316,10 @@ def test_reload_waits_out_a_bundle_being_rewritten(small_bundle, tmp_path):
 
 def test_cli_serves_until_sigterm(small_bundle, images, tmp_path):
     env = {**os.environ, "LINEWATCH_TOKEN": "tok"}
+    env.pop("OPENCV_IO_MAX_IMAGE_PIXELS", None)
     proc = subprocess.Popen([sys.executable, "-m", "linewatch", "serve", "--bundle", str(small_bundle), "--port", "0",
-                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "--quiet", "--max-pixels", "10000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
     try:
         hello = json.loads(proc.stdout.readline())
         assert hello["listening"].startswith("http://127.0.0.1:") and hello["auth"] is True
@@ -326,6 +328,11 @@ def test_cli_serves_until_sigterm(small_bundle, images, tmp_path):
         conn.request("POST", "/v1/inspect", images[0], {"Authorization": "Bearer tok"})
         r = conn.getresponse()
         assert r.status == 200 and json.loads(r.read())["bundle"] == hello["bundle"]
+        big = cv2.imencode(".png", np.zeros((200, 200), np.uint8))[1].tobytes()      # 40000 pixels > 10000
+        conn.request("POST", "/v1/inspect", big, {"Authorization": "Bearer tok"})
+        r = conn.getresponse()
+        err = json.loads(r.read())
+        assert r.status == 400 and "OpenCV refused" in err["error"] and "--max-pixels" in err["error"]  # header check
         conn.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
