@@ -92,10 +92,15 @@ class ServiceMetrics:
         with self._lock:
             self._in_flight += 1
 
-    def request_finished(self, endpoint: str, code: int) -> None:
-        """Count an answered request (call once per request that was counted as started)."""
+    def request_finished(self) -> None:
+        """A request counted by :meth:`request_started` is over (its answer written, or the client gone)."""
         with self._lock:
             self._in_flight -= 1
+
+    def count_request(self, endpoint: str, code: int) -> None:
+        """Count an answer by endpoint and status (call before writing it, so a client that reads the
+        answer and then asks ``/metrics`` sees it counted)."""
+        with self._lock:
             key = (endpoint, int(code))
             self._requests[key] = self._requests.get(key, 0) + 1
             if code >= 400:
