@@ -51,6 +51,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from linewatch.runtime.audit import write_report
+
+    summary = write_report(args.results, args.bundle, args.out, limit=args.limit or None, recent=args.recent,
+                           threads=args.threads, progress=_say)
+    _say(f"report written: {summary['out']} ({summary['bytes'] / 1e6:.2f} MB, {summary['shown']} flagged images)")
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -133,6 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--no-heatmaps", action="store_true", help="do not write heat-map overlays")
     i.set_defaults(func=cmd_inspect)
 
+    a = sub.add_parser("audit", help="one self-contained HTML report to review flagged images (edge runtime, no torch)",
+                       description="Write one HTML file (images inline, no network: it opens from a USB stick) for the "
+                                   "results of `linewatch inspect`: counts, a score histogram, score drift against the "
+                                   "bundle's calibration (PSI, KS), and per flagged image (highest score first) the heat "
+                                   "map, score, threshold, p-value and the nearest good training images. Review in the "
+                                   "browser with the keyboard (j/k move, d defect, g good = false alarm, u undo, e "
+                                   "export) and export verdicts.jsonl for `linewatch retrain`. A JSON summary goes to "
+                                   "stdout.")
+    a.add_argument("--results", required=True, metavar="DIR", help="the --out folder of `linewatch inspect` (results.jsonl)")
+    a.add_argument("--bundle", required=True, metavar="BUNDLE",
+                   help="the bundle folder that inspected them (its id must match the results' bundle field)")
+    a.add_argument("--out", required=True, metavar="HTML", help="report file to write, e.g. report.html")
+    a.add_argument("--limit", type=int, default=200, metavar="N",
+                   help="at most N flagged images in the report, highest scores first (default 200; 0 = all)")
+    a.add_argument("--recent", type=int, default=200, metavar="N",
+                   help="drift compares the N most recent scores with the calibration scores (default 200)")
+    a.add_argument("--threads", type=int, default=1, metavar="N", help="onnxruntime threads (default 1)")
+    a.set_defaults(func=cmd_audit)
+
     s = sub.add_parser(
         "serve", help="an HTTP service that inspects images (edge runtime, no torch)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -209,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ImportError as exc:   # the edge install (Dockerfile.edge) has only the runtime: `inspect`
         _say(f"linewatch {args.command}: error: {exc}. This installation lacks what `{args.command}` needs (the "
-             "edge runtime has only `inspect` and `serve`); run it where linewatch is installed with its training extras: "
+             "edge runtime has only `inspect`, `audit` and `serve`); run it where linewatch is installed with its training extras: "
              "pip install 'linewatch[train]'")
         return 1
     except (OSError, ValueError, RuntimeError) as exc:

@@ -52,7 +52,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 @dataclass
 class ModelSpec:
-    """The scoring graph. ``score_output``: ``float32 (N,)``; ``map_output``: ``float32 (N, map_height, map_width)``."""
+    """The scoring graph. ``score_output``: ``float32 (N,)``; ``map_output``: ``float32 (N, map_height, map_width)``;
+    ``features_output``: ``float32 (N, map_height * map_width, d)``, the patches in the density's space
+    (``""`` in bundles made before it existed)."""
 
     file: str = "model.onnx"
     input_name: str = "image"
@@ -63,6 +65,7 @@ class ModelSpec:
     opset: int = 17
     precision: str = "fp32"
     backbone: str = "lite0"
+    features_output: str = ""
 
 
 @dataclass
@@ -105,6 +108,8 @@ class Manifest:
     # int8 bundles: how the graph was quantised and the int8-vs-fp32 accuracy gate's figures (empty for
     # fp32). Optional and additive: manifests without it load, and older readers ignore it (no schema bump).
     quantization: dict[str, Any] = field(default_factory=dict)
+    # thumbnails + representations of good training images for `linewatch audit` (gallery.npz; empty without one)
+    gallery: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     format: str = BUNDLE_FORMAT
@@ -145,6 +150,7 @@ class Manifest:
                 lineage=dict(d.get("lineage", {})),
                 chain=dict(d.get("chain", {})),
                 quantization=dict(d.get("quantization", {})),
+                gallery=dict(d.get("gallery", {})),
                 files=dict(d["files"]),
                 schema_version=version,
                 format=d["format"],
