@@ -86,6 +86,30 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    if args.max_body_bytes <= 0 or args.max_pixels <= 0 or args.timeout <= 0 or args.threads < 1 or args.workers < 0:
+        raise ValueError("--max-body-bytes, --max-pixels and --timeout must be positive, --threads at least 1, "
+                         "--workers >= 0")
+    # OpenCV reads its own decode limit when it is imported: set it first, so an image that claims more
+    # pixels is refused before its pixel buffer is allocated (a small PNG can claim gigabytes)
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(args.max_pixels))
+    from linewatch.runtime.serve import TOKEN_ENV, ServeOptions, run
+
+    opts = ServeOptions(host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, timeout_s=args.timeout,
+                        threads=args.threads, workers=args.workers, max_connections=args.max_connections,
+                        token=os.environ.get(TOKEN_ENV) or None, log_requests=not args.quiet,
+                        max_pixels=args.max_pixels)
+    if not opts.token and args.host not in ("127.0.0.1", "localhost", "::1"):
+        _say(f"linewatch serve: warning: listening on {args.host} without a token; set {TOKEN_ENV} to require one")
+    return run(args.bundle, opts, announce=print_flush)
+
+
+def print_flush(line: str) -> None:
+    print(line, flush=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from linewatch.jobs.demo import format_reports, run_demo
     from linewatch.training.demo_data import DemoSpec
@@ -177,6 +201,61 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--threads", type=int, default=1, metavar="N", help="onnxruntime threads (default 1)")
     a.set_defaults(func=cmd_audit)
 
+    s = sub.add_parser(
+        "serve", help="an HTTP service that inspects images (edge runtime, no torch)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve a bundle over HTTP (standard library only). Prints one JSON line to stdout once "
+                    "listening ({\"listening\": URL, ...}); one log line per request goes to stderr (--quiet: none).",
+        epilog="""\
+endpoints:
+  POST /v1/inspect   body: the encoded image (PNG/JPEG/BMP/TIFF; Content-Type image/* or
+                     application/octet-stream) or multipart/form-data with a part named 'image'.
+                     -> JSON verdict: source, score, threshold, anomalous, p_value, latency_ms, bundle,
+                     bundle_version, server_ms. ?map=1 adds heatmap_png_base64 (PNG overlay).
+  POST /v1/reload    body: empty (re-read the served folder) or {"bundle": "PATH"}. The new bundle is
+                     verified and opened before it replaces the old one; requests in flight finish on
+                     the old one. A bundle that cannot be loaded -> 422, the old one keeps serving.
+  GET  /healthz      {"status": "ok", "bundle": ID}; open even when a token is set.
+  GET  /metrics      Prometheus text format: requests, errors, latency histogram, flagged ratio,
+                     recent score quantiles, reloads, resident memory.
+
+authentication:
+  LINEWATCH_TOKEN    when set (environment variable), every endpoint but /healthz requires
+                     'Authorization: Bearer <token>' (else 401).
+
+limits (errors are JSON {"error": ..., "status": ...}; a bad request never stops the service):
+  413 body over --max-body-bytes (from Content-Length, before reading), 411 no Content-Length,
+  408 body slower than --timeout, 400 undecodable image (decoder's message) or one over
+  --max-pixels (refused before its pixels are decoded), 415 non-image
+  Content-Type, 404 unknown path, 405 wrong method, 503 no scoring slot within --timeout or more
+  than --max-connections connections.
+
+threads: each image runs on --threads onnxruntime intra-op threads and --workers images run at once
+  (default: CPUs / threads). The default --threads 1 gives the most images per second; for the lowest
+  latency of one camera on an idle station use --threads 2 --workers 1.
+
+example:
+  linewatch serve --bundle bundles/brick &
+  curl -s --data-binary @part.png -H 'Content-Type: image/png' http://127.0.0.1:8080/v1/inspect
+
+SIGTERM or SIGINT: stop accepting, let requests in flight finish (up to --timeout), exit 0.""")
+    s.add_argument("--bundle", required=True, metavar="BUNDLE", help="bundle folder written by `linewatch train`")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
+    s.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024, metavar="N",
+                   help="largest request body accepted (default 20971520 = 20 MiB)")
+    s.add_argument("--max-pixels", type=int, default=50_000_000, metavar="N",
+                   help="largest image decoded, in pixels (default 50000000); larger ones get 400")
+    s.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="socket timeout, longest body upload and longest wait for a scoring slot (default 30 s)")
+    s.add_argument("--threads", type=int, default=1, metavar="N", help="onnxruntime intra-op threads per image (default 1)")
+    s.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="images decoded and scored at once (default 0 = available CPUs / --threads)")
+    s.add_argument("--max-connections", type=int, default=64, metavar="N",
+                   help="open connections served at once; more get 503 (default 64)")
+    s.add_argument("--quiet", action="store_true", help="no log line per request on stderr")
+    s.set_defaults(func=cmd_serve)
+
     d = sub.add_parser("demo", help="build the demo textures, train, inspect and report accuracy",
                        description="Builds the built-in demo data (scikit-image textures with defect-synthesis "
                                    "defects), trains a bundle per texture, inspects each test split and prints image "
@@ -198,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ImportError as exc:   # the edge install (Dockerfile.edge) has only the runtime: `inspect`
         _say(f"linewatch {args.command}: error: {exc}. This installation lacks what `{args.command}` needs (the "
-             "edge runtime has only `inspect`); run it where linewatch is installed with its training extras: "
+             "edge runtime has only `inspect`, `audit` and `serve`); run it where linewatch is installed with its training extras: "
              "pip install 'linewatch[train]'")
         return 1
     except (OSError, ValueError, RuntimeError) as exc:
