@@ -193,7 +193,7 @@ def run_inspection(inspector: Inspector, source: str, out: str | os.PathLike, ba
                            "use a new --out folder for a new bundle")
     done = {r["source"] for r in previous if "source" in r}
     src = open_source(source, done, watch=watch, every=every, poll_s=poll_s, settle_s=settle_s,
-                      idle_timeout_s=idle_timeout_s, max_pixels=inspector.max_pixels)
+                      idle_timeout_s=idle_timeout_s, max_pixels=inspector.max_pixels, exclude=out)
     summary = RunSummary(results, skipped_already_recorded=len(done), source_kind=src.kind)
     say = progress or (lambda msg: None)
     if done:

@@ -72,6 +72,14 @@ def read_frame(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return Frame(src, img, None, 1000 * (time.perf_counter() - t0))
 
 
+def outside(paths: list[Path], folder: str | os.PathLike | None) -> list[Path]:
+    """``paths`` minus those inside ``folder`` (the run's own output: its heat maps are PNGs too)."""
+    if folder is None:
+        return paths
+    root = Path(folder).resolve()
+    return [p for p in paths if not p.resolve().is_relative_to(root)]
+
+
 class FileSource:
     """A fixed list of image files, in order, minus those in ``skip`` (already recorded)."""
 
@@ -110,8 +118,12 @@ class FolderWatch:
     live = False
 
     def __init__(self, folder: str | os.PathLike, skip: Collection[str] = (), poll_s: float = 0.2,
-                 settle_s: float = 0.5, idle_timeout_s: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 settle_s: float = 0.5, idle_timeout_s: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 exclude: str | os.PathLike | None = None):
         self.folder = Path(folder)
+        # files below ``exclude`` (the run's output folder, when it lies inside the watched one) are ignored
+        self.exclude = exclude if exclude is not None and Path(exclude).resolve().is_relative_to(
+            self.folder.resolve()) else None
         if not self.folder.is_dir():
             raise SourceError(f"{folder}: --watch needs a folder, and this is not one")
         if poll_s <= 0 or settle_s < 0 or (idle_timeout_s is not None and idle_timeout_s <= 0):
@@ -126,7 +138,7 @@ class FolderWatch:
     def poll(self) -> list[Path]:
         """List the folder once; return the files that became ready (sorted by path) and mark them taken."""
         try:
-            listed = list_images(self.folder)
+            listed = outside(list_images(self.folder), self.exclude) if self.exclude else list_images(self.folder)
         except OSError as exc:
             raise SourceError(f"{self.folder}: the watched folder cannot be listed any more ({exc})") from exc
         now = time.monotonic()
@@ -262,10 +274,12 @@ def camera_index(source: str) -> int | None:
 
 def open_source(source: str, skip: Collection[str] = (), *, watch: bool = False, every: int = 1,
                 poll_s: float = 0.2, settle_s: float = 0.5, idle_timeout_s: float | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> FileSource | FolderWatch | VideoSource:
+                max_pixels: int = DEFAULT_MAX_PIXELS, exclude: str | os.PathLike | None = None
+                ) -> FileSource | FolderWatch | VideoSource:
     """Pick the source for ``source``: ``camera:N`` (or a bare ``N`` that is not a path), a video file
     (by extension: :data:`VIDEO_EXTENSIONS`), a folder to watch (``watch=True``), or image files (an
     image, a folder or a glob, as :func:`expand_source`). Options that do not fit the source are refused.
+    Image files below ``exclude`` (the output folder) are left out.
     """
     s = str(source)
     p = Path(s)
@@ -285,9 +299,12 @@ def open_source(source: str, skip: Collection[str] = (), *, watch: bool = False,
             raise FileNotFoundError(f"{s}: no such video file")
         return VideoSource(p, every, skip, max_pixels)
     if watch:
-        return FolderWatch(p, skip, poll_s, settle_s, idle_timeout_s, max_pixels)
-    return FileSource(expand_source(s), skip, max_pixels)
+        return FolderWatch(p, skip, poll_s, settle_s, idle_timeout_s, max_pixels, exclude)
+    paths = outside(expand_source(s), exclude)
+    if not paths:
+        raise FileNotFoundError(f"{s}: no images outside the output folder {exclude}")
+    return FileSource(paths, skip, max_pixels)
 
 
 __all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "EMPTY_FILE_GRACE_S", "SourceError", "Frame", "read_frame",
-           "FileSource", "FolderWatch", "VideoSource", "camera_index", "open_source"]
+           "FileSource", "FolderWatch", "VideoSource", "camera_index", "open_source", "outside"]

@@ -101,30 +101,34 @@ def test_a_source_error_reaches_the_scorer_after_the_frames_before_it():
 
 
 def test_watch_scores_files_that_arrive_and_stops_on_idle_timeout_or_stop(small_bundle, small_category, tmp_path):
-    images = sorted((small_category / "test" / "good").glob("*.png"))[:4]
+    test = small_category / "test"
+    images = sorted(test.glob("good/*.png"))[:2] + [sorted(d.glob("*.png"))[0] for d in sorted(test.iterdir())
+                                                    if d.name != "good"][:3]
     watched = tmp_path / "watched"
     watched.mkdir()
+    out = watched / "results"                      # inside the watched folder: its heat maps must not be scored
     put_by_rename(images[0].read_bytes(), watched, images[0].name)
 
     def writer():
         for p in images[1:]:
             time.sleep(0.2)
-            put_by_rename(p.read_bytes(), watched, p.name)
+            put_by_rename(p.read_bytes(), watched, f"{p.parent.name}_{p.name}")
 
     inspector = Inspector(small_bundle, threads=1)
     t = threading.Thread(target=writer)
     t.start()
-    summary = run_inspection(inspector, str(watched), tmp_path / "out", batch_size=2, watch=True, poll_s=0.05,
+    summary = run_inspection(inspector, str(watched), out, batch_size=2, watch=True, poll_s=0.05,
                              settle_s=0.1, idle_timeout_s=3.0)
     t.join()
-    names = [Path(r["source"]).name for r in read_results(tmp_path / "out" / "results.jsonl")]
-    assert sorted(names) == sorted(p.name for p in images)
-    assert summary.stopped == "idle timeout" and summary.source_kind == "watch" and summary.inspected == 4
+    names = [Path(r["source"]).name for r in read_results(out / "results.jsonl")]
+    assert sorted(names) == sorted([images[0].name] + [f"{p.parent.name}_{p.name}" for p in images[1:]])
+    assert summary.stopped == "idle timeout" and summary.source_kind == "watch" and summary.inspected == 5
+    assert summary.flagged >= 1 and len(list((out / "heatmaps").glob("*.png"))) == summary.flagged
 
     stop = threading.Event()
     threading.Timer(0.5, stop.set).start()
-    again = run_inspection(inspector, str(watched), tmp_path / "out", watch=True, poll_s=0.05, stop=stop)
-    assert again.stopped == "stop requested" and again.inspected == 0 and again.skipped_already_recorded == 4
+    again = run_inspection(inspector, str(watched), out, watch=True, poll_s=0.05, stop=stop)
+    assert again.stopped == "stop requested" and again.inspected == 0 and again.skipped_already_recorded == 5
 
 
 def write_video(path: Path, images: list[Path], size: int = 64) -> list[np.ndarray]:
