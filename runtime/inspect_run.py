@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
@@ -212,11 +213,11 @@ def run_inspection(inspector: Inspector, source: str, out: str | os.PathLike, ba
     total = src.total if max_images is None or src.total is None else min(src.total, int(max_images))
     last_report = time.monotonic()
     policy = "drop-oldest" if src.live else "block"
-    with open(results, "a") as log, FrameQueue(src, queue_size, policy, queue_stop) as frames:
+    with open(results, "a") as log, FrameQueue(src, queue_size, policy, queue_stop) as frames, \
+            closing(_scored_stream(inspector, frames, max(1, int(batch_size)), int(workers))) as scored:
         threading.Thread(target=_relay, args=(stop, queue_stop), daemon=True).start()
         _repair_torn_tail(results, log)
-        for i, (verdict, image, pmap) in enumerate(_scored_stream(inspector, frames, max(1, int(batch_size)),
-                                                                  int(workers)), start=1):
+        for i, (verdict, image, pmap) in enumerate(scored, start=1):
             rec = verdict.to_dict()
             rec["heatmap"] = None
             if verdict.anomalous and heatmaps and image is not None:

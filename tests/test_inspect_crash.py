@@ -32,8 +32,9 @@ def lines_in(path: Path) -> int:
         return 0
 
 
-def kill_when(proc: subprocess.Popen, results: Path, at_least: int, timeout_s: float = 180) -> int:
-    """SIGKILL ``proc`` as soon as ``results`` has ``at_least`` lines; return the line count seen then."""
+def kill_when(proc: subprocess.Popen, results: Path, at_least: int, delay_s: float = 0.0,
+              timeout_s: float = 180) -> int:
+    """SIGKILL ``proc`` ``delay_s`` after ``results`` has ``at_least`` lines; return the line count seen then."""
     deadline = time.monotonic() + timeout_s
     n = 0
     while time.monotonic() < deadline and proc.poll() is None:
@@ -41,6 +42,7 @@ def kill_when(proc: subprocess.Popen, results: Path, at_least: int, timeout_s: f
         if n >= at_least:
             break
         time.sleep(0.0005)
+    time.sleep(delay_s)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     return n
@@ -64,10 +66,11 @@ def test_sigkill_part_way_then_restart_records_every_image_exactly_once(small_bu
     cmd = linewatch_cmd("inspect", "--bundle", str(small_bundle), "--source", str(image_folder), "--out", str(out),
                         "--batch-size", "1", "--threads", "1")
     history: list[dict] = []
-    for more in (5, 10):                                       # kill twice, at different points
+    # kill twice: right after a record, then 3 ms later (anywhere: mid-record, mid-heat-map, mid-batch)
+    for more, delay_s in ((5, 0.0), (10, 0.003)):
         at_least = (history[-1]["valid_records"] if history else 0) + more
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        seen = kill_when(proc, results, at_least)
+        seen = kill_when(proc, results, at_least, delay_s)
         valid = len(read_results(results))
         history.append({"lines_at_kill": seen, "valid_records": valid, "returncode": proc.returncode})
         assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed part-way"
