@@ -40,7 +40,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -50,7 +50,8 @@ from ..runtime.calibration import ConformalCalibrator
 from ..training.config import TrainConfig
 from ..training.fit import SPLIT_CONFORMAL, FittedDetector
 from ..training.metrics import auroc, spearman
-from .bundle_export import _export_chain, build_manifest
+from .bundle_export import _export_chain, build_manifest, separate_density
+from .gallery import attach_gallery
 from .onnx_export import INPUT_NAME, MAP_NAME, SCORE_NAME, check_parity, export_scorer
 from .quantize import quantize_scorer
 
@@ -185,8 +186,10 @@ def export_int8_bundle(det: FittedDetector, out: str | Path, parity_images: np.n
                        training_data: dict[str, Any], inputs: Int8Inputs, lineage: dict[str, Any] | None = None,
                        overwrite: bool = False, max_auroc_drop: float = MAX_AUROC_DROP,
                        min_spearman: float = MIN_SPEARMAN, threads: int = 1,
-                       progress: Callable[[str], None] | None = None) -> Bundle:
-    """Quantise, gate, recalibrate and write an int8 bundle to ``out``.
+                       progress: Callable[[str], None] | None = None,
+                       gallery_images: Sequence[tuple[str, bytes]] = ()) -> Bundle:
+    """Quantise, gate, recalibrate and write an int8 bundle to ``out`` (``gallery_images``: see
+    :func:`~linewatch.export.bundle_export.export_bundle`).
 
     Raises ``ParityError`` (fp32 graph vs torch) or :class:`QuantizationGateError`; either way
     nothing is written. ``threads``: onnxruntime threads for scoring (0 = all cores).
@@ -200,6 +203,8 @@ def export_int8_bundle(det: FittedDetector, out: str | Path, parity_images: np.n
                               config.export.parity_rtol, config.export.parity_atol)
         say(f"quantising to int8 (static QDQ, per-channel) on {len(inputs.calibration_images)} training images")
         quant = quantize_scorer(fp32_path, int8_path, inputs.calibration_images, INPUT_NAME, det.backbone, spec)
+        int8_bytes = int8_path.stat().st_size
+        files = separate_density(det, int8_path)
         g = inputs.gate
         say(f"int8 gate: scoring {len(g.images)} {g.source} with fp32 and int8")
         s32, m32 = score_images(open_session(fp32_path, threads), g.images)
@@ -217,8 +222,8 @@ def export_int8_bundle(det: FittedDetector, out: str | Path, parity_images: np.n
         manifest.parity["graph"] = "fp32, before quantisation (the int8 graph is checked by the gate)"
         manifest.quantization = {**quant, "gate": gate, "recalibration": recal,
                                  "fp32_model_bytes": fp32_path.stat().st_size,
-                                 "int8_model_bytes": int8_path.stat().st_size}
-        files = {"model.onnx": int8_path}
+                                 "int8_model_bytes": int8_bytes}
         if det.chain is not None:
             files.update(_export_chain(det, config, Path(tmp), manifest))
+        attach_gallery(files, manifest, gallery_images, int8_path, config)
         return write_bundle(out, manifest, files, overwrite=overwrite)

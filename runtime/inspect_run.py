@@ -32,7 +32,7 @@ import numpy as np
 from .frame_queue import FrameQueue
 from .heatmap import overlay
 from .inspector import Inspector, Verdict
-from .preprocess import display_bgr, preprocess
+from .preprocess import ImageError, display_bgr, preprocess
 from .streams import Frame, open_source
 
 RESULTS_NAME = "results.jsonl"
@@ -114,7 +114,10 @@ def score_frames(inspector: Inspector, frames: list[Frame], buf: np.ndarray | No
             continue
         t0 = time.perf_counter()
         try:
-            preprocess(f.image, spec, out=buf[len(ok)])
+            preprocess(f.image, spec, out=buf[len(ok)], source=f.source)
+        except ImageError as exc:                   # e.g. far smaller than the model input
+            out[i] = (inspector.error_verdict(f.source, str(exc)), None, None)
+            continue
         except (ValueError, cv2.error) as exc:
             out[i] = (inspector.error_verdict(f.source, f"{f.source}: cannot be preprocessed ({exc})"), None, None)
             continue

@@ -103,7 +103,7 @@ class Inspector:
             raise BundleError(f"{where}: graph input shape {shape} does not match the manifest's [N, {want}]; "
                               "re-export the bundle")
         outs = {o.name for o in self.session.get_outputs()}
-        missing = {m.model.score_output, m.model.map_output} - outs
+        missing = {m.model.score_output, m.model.map_output, m.model.features_output} - outs - {""}
         if missing:
             raise BundleError(f"{where}: graph outputs {sorted(outs)} lack {sorted(missing)}; re-export the bundle")
 
@@ -113,6 +113,15 @@ class Inspector:
         m = self.bundle.manifest.model
         scores, maps = (session or self.session).run([m.score_output, m.map_output], {m.input_name: batch})
         return scores, maps
+
+    def patch_features(self, batch: np.ndarray) -> np.ndarray:
+        """Model inputs ``float32 (N, C, H, W)`` -> the patches in the density's space ``float32 (N, h*w, d)``
+        (row-major over the patch map). Raises :class:`BundleError` for bundles made before the graph had them."""
+        m = self.bundle.manifest.model
+        if not m.features_output:
+            raise BundleError(f"{self.bundle.path}: this bundle's graph does not output patch features (made by an "
+                              "older linewatch); re-export it with `linewatch export`")
+        return self.session.run([m.features_output], {m.input_name: batch})[0]
 
     def verdicts(self, sources: list[str], scores: np.ndarray, latencies_ms: list[float]) -> list[Verdict]:
         p = self.calibrator.p_values(scores)
@@ -127,7 +136,7 @@ class Inspector:
     def inspect_image(self, image: np.ndarray, source: str = "<array>") -> tuple[Verdict, np.ndarray]:
         """A decoded image -> (verdict, patch-score map ``(h, w)``)."""
         t0 = time.perf_counter()
-        x = preprocess(image, self.spec)[None]
+        x = preprocess(image, self.spec, source=source)[None]
         scores, maps = self.score_batch(x)
         return self.verdicts([source], scores, [1000 * (time.perf_counter() - t0)])[0], maps[0]
 
@@ -138,9 +147,10 @@ class Inspector:
         try:
             data = Path(path).read_bytes()
             img = decode_image(data, source=src, max_pixels=self.max_pixels)
-            preprocess(img, self.spec, out=out)
+            preprocess(img, self.spec, out=out, source=src)
         except OSError as exc:
-            return src, self.error_verdict(src, f"{src}: cannot be read ({exc.strerror or exc})"), 0.0
+            return src, self.error_verdict(src, f"{src}: cannot be read ({exc.strerror or exc}); check the path, "
+                                                "permissions and the disk"), 0.0
         except ImageError as exc:
             return src, self.error_verdict(src, str(exc)), 0.0
         return src, img, 1000 * (time.perf_counter() - t0)

@@ -66,7 +66,8 @@ def read_frame(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     try:
         img = decode_image(Path(path).read_bytes(), source=src, max_pixels=max_pixels)
     except OSError as exc:
-        return Frame(src, None, f"{src}: cannot be read ({exc.strerror or exc}); check the path and permissions")
+        return Frame(src, None, f"{src}: cannot be read ({exc.strerror or exc}); check the path, permissions "
+                                    "and the disk")
     except ImageError as exc:
         return Frame(src, None, str(exc))
     return Frame(src, img, None, 1000 * (time.perf_counter() - t0))
