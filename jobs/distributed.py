@@ -84,24 +84,27 @@ class _ScoreWorker:
         return [v.to_dict() for v, _img, _map in self.inspector.inspect_paths(paths, batch_size=len(paths))]
 
 
-def score_paths_ray(bundle: str | os.PathLike, paths: list[str], batch_size: int = 8, workers: int = 2,
-                    progress: Callable[[int, int], None] | None = None) -> Iterator[dict]:
-    """Score ``paths`` with ``workers`` one-thread actors; yields verdict records in input order.
+class RayScorer:
+    """``workers`` one-thread scoring actors of one bundle. Call inside :func:`ray_session`."""
 
-    Chunks of ``batch_size`` paths are the unit of work (decode, preprocess and the session run happen in
-    the actor). Call inside :func:`ray_session`."""
-    ray = import_ray()
-    from ray.util import ActorPool
+    def __init__(self, bundle: str | os.PathLike, workers: int = 2):
+        ray = import_ray()
+        from ray.util import ActorPool
 
-    actor = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(_ScoreWorker)
-    pool = ActorPool([actor.remote(str(Path(bundle).resolve())) for _ in range(max(1, int(workers)))])
-    parts = chunks([str(p) for p in paths], batch_size)
-    done = 0
-    for records in pool.map(lambda a, c: a.score.remote(c), parts):
-        yield from records
-        done += len(records)
-        if progress:
-            progress(done, len(paths))
+        self._ray = ray
+        actor = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(_ScoreWorker)
+        self.actors = [actor.remote(str(Path(bundle).resolve())) for _ in range(max(1, int(workers)))]
+        self.pool = ActorPool(self.actors)
+
+    def ready(self) -> list[str]:
+        """Wait until every actor has loaded the bundle; their bundle ids."""
+        return self._ray.get([a.bundle_id.remote() for a in self.actors])
+
+    def score(self, paths: list, batch_size: int = 8) -> Iterator[dict]:
+        """Verdict records of ``paths`` in input order; chunks of ``batch_size`` paths are the unit of work
+        (decode, preprocess and the session run happen in the actor)."""
+        for records in self.pool.map(lambda a, c: a.score.remote(c), chunks([str(p) for p in paths], batch_size)):
+            yield from records
 
 
 class _MapWorker:

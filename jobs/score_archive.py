@@ -12,7 +12,7 @@ Engines:
 * ``local``: an :class:`~linewatch.runtime.inspector.Inspector` in this process, with ``workers``
   one-thread batch pipelines (``workers=1``: one pipeline with ``threads`` intra-op threads);
 * ``ray``: ``workers`` Ray actors with one-thread sessions, each scoring chunks of ``batch_size`` paths
-  (:func:`linewatch.jobs.distributed.score_paths_ray`); on one machine, a local Ray instance.
+  (:class:`linewatch.jobs.distributed.RayScorer`); on one machine, a local Ray instance.
 """
 from __future__ import annotations
 
@@ -58,19 +58,26 @@ def run_score_archive(bundle: str | os.PathLike, source: str, out: str | os.Path
         say(f"resuming: {len(done)} images already recorded in {results}")
     say(f"scoring {len(paths)} images with engine {engine} ({workers} worker{'s' if workers != 1 else ''})")
     t0 = time.perf_counter()
+    startup = 0.0
     with open(results, "a") as log:
         _repair_torn_tail(results, log)
         if engine == "ray":
-            from .distributed import ray_session, score_paths_ray
+            from .distributed import RayScorer, ray_session
 
             with ray_session(num_cpus=max(1, workers)):
-                t0 = time.perf_counter()            # Ray start-up is reported, not counted in images/s
-                _write(score_paths_ray(inspector.bundle.path, paths, batch_size, workers), log, summary, len(paths), say)
+                scorer = RayScorer(inspector.bundle.path, workers)
+                ids = set(scorer.ready())
+                if ids != {inspector.bundle.id}:
+                    raise RuntimeError(f"Ray workers loaded bundle(s) {sorted(ids)}, not {inspector.bundle.id}: the "
+                                       "bundle folder differs between nodes; give every node the same bundle")
+                startup = time.perf_counter() - t0   # Ray and actor start-up: reported, not counted in images/s
+                t0 = time.perf_counter()
+                _write(scorer.score(paths, batch_size), log, summary, len(paths), say)
         else:
             _write(_local_records(inspector, paths, batch_size, workers), log, summary, len(paths), say)
     seconds = time.perf_counter() - t0
     return {**summary.to_dict(), "engine": engine, "workers": workers, "bundle_id": inspector.bundle.id,
-            "seconds": round(seconds, 3), "images_per_second": round(len(paths) / seconds, 2) if seconds > 0 else None}
+            "startup_seconds": round(startup, 3), "seconds": round(seconds, 3), "images_per_second": round(len(paths) / seconds, 2) if seconds > 0 else None}
 
 
 def _write(records: Iterator[dict], log, summary: RunSummary, n: int, say: Callable[[str], None]) -> None:
