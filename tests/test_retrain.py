@@ -229,3 +229,24 @@ def test_cli_refusal_exits_3_and_prints_the_comparison(scenario, tmp_path):
     printed = json.loads(proc.stdout)
     assert printed["gate"]["decision"] == "refused" and not out.exists()
     assert "refused" in proc.stderr and "--force" in proc.stderr
+
+
+def test_augment_is_skipped_with_a_note_when_the_bundle_cannot_augment(small_bundle, tmp_path):
+    from linewatch.jobs.retrain import _augmented
+
+    notes = []
+    assert _augmented(Bundle.load(small_bundle), 4, tmp_path / "aug", 0, notes.append) == []
+    assert len(notes) == 1 and notes[0].startswith("note: --augment skipped")
+
+
+def test_cli_reports_a_bad_verdict_line_and_explains_the_gate_in_help(small_bundle, small_category, tmp_path):
+    v = tmp_path / "v.jsonl"
+    v.write_text('{"source": "x.png", "label": "maybe", "score": 1, "bundle": "b", "reviewed_utc": "2026-12-01"}\n')
+    p = subprocess.run([sys.executable, "-m", "linewatch", "retrain", "--bundle", str(small_bundle), "--data",
+                        str(small_category), "--verdicts", str(v), "--out", str(tmp_path / "b2")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "line 1" in p.stderr and "'label'" in p.stderr and p.stdout == ""
+    h = subprocess.run([sys.executable, "-m", "linewatch", "retrain", "--help"], capture_output=True, text=True)
+    assert h.returncode == 0 and "gate:" in h.stdout and "--force" in h.stdout and "exits 3" in h.stdout
+    h = subprocess.run([sys.executable, "-m", "linewatch", "score-archive", "--help"], capture_output=True, text=True)
+    assert h.returncode == 0 and "--engine" in h.stdout
