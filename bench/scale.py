@@ -156,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "Startup = Ray's local start plus each actor loading and verifying the bundle; it is paid once "
               "per job, so it matters for small archives only. Each Ray actor holds one CPU and one onnxruntime "
               "thread; on a cluster the same job spreads over the nodes' cores (`RAY_ADDRESS`).", ""]
+    import ray
+
+    ray_mb = sum(f.stat().st_size for f in Path(ray.__file__).parent.rglob("*") if f.is_file()) / 1e6
+    lines += [f"Ray {ray.__version__} (core only, the `scale` extra): {ray_mb:.0f} MB installed; `ray[data]` would add "
+              "pandas and pyarrow, which the actor-based engines do not need.", ""]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))

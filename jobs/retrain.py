@@ -75,6 +75,7 @@ class ScoredSet:
 
     scores: np.ndarray
     flagged: np.ndarray
+    ok: np.ndarray | None = None        # bool (N_paths,): which paths were scored
 
 
 # ---------------------------------------------------------------- fingerprints and staging
@@ -182,15 +183,19 @@ def _every(k: int, say: Callable[[str], None], what: str) -> Callable[[int, int]
 
 # ---------------------------------------------------------------- evaluation
 
-def score_with(inspector: Inspector, paths: list[Path]) -> ScoredSet:
-    """Score ``paths`` as the line would; an unreadable evaluation image is an error (it was readable at review)."""
-    scores, flagged = [], []
+def score_with(inspector: Inspector, paths: list[Path], say: Callable[[str], None] | None = None) -> ScoredSet:
+    """Score ``paths`` as the line would. An image that cannot be read is reported (``say``) and left out;
+    ``ScoredSet.ok`` marks the paths that were scored."""
+    scores, flagged, ok = [], [], []
     for v, _img, _map in inspector.inspect_paths(paths, batch_size=8):
+        ok.append(v.error is None)
         if v.error is not None:
-            raise DataError(f"evaluation image cannot be scored: {v.error}")
+            if say:
+                say(f"evaluation image skipped: {v.error}")
+            continue
         scores.append(v.score)
         flagged.append(v.anomalous)
-    return ScoredSet(np.asarray(scores, dtype=np.float64), np.asarray(flagged, dtype=bool))
+    return ScoredSet(np.asarray(scores, dtype=np.float64), np.asarray(flagged, dtype=bool), np.asarray(ok, dtype=bool))
 
 
 def _rate(flags: np.ndarray) -> float | None:
@@ -199,6 +204,8 @@ def _rate(flags: np.ndarray) -> float | None:
 
 def _figures(bundle: Bundle, good: ScoredSet, defect: ScoredSet, reviewed: ScoredSet,
              reviewed_held_out: np.ndarray) -> dict[str, Any]:
+    if not good.scores.size:
+        raise DataError(f"none of the held-out good evaluation images could be scored by {bundle.path}")
     labels = np.r_[np.zeros(good.scores.size), np.ones(defect.scores.size)]
     a = auroc(labels, np.r_[good.scores, defect.scores]) if defect.scores.size else float("nan")
     return {
@@ -207,7 +214,7 @@ def _figures(bundle: Bundle, good: ScoredSet, defect: ScoredSet, reviewed: Score
         "false_alarm_rate": _rate(good.flagged), "false_alarms": int(good.flagged.sum()),
         "detection_rate": _rate(defect.flagged),
         "reviewed_false_alarm_rate": _rate(reviewed.flagged),
-        "reviewed_held_out_false_alarm_rate": _rate(reviewed.flagged[reviewed_held_out]),
+        "reviewed_held_out_false_alarm_rate": _rate(reviewed.flagged[reviewed_held_out[reviewed.ok]]),
     }
 
 
@@ -363,8 +370,10 @@ def run_retrain(bundle: str | os.PathLike, data: str | os.PathLike, verdicts: st
         figures = {}
         for name, b in (("champion", parent), ("challenger", challenger)):
             insp = Inspector(b, threads=config.threads or 0)
-            figures[name] = _figures(b, score_with(insp, eval_good), score_with(insp, data_defects + reviewed_defects),
-                                     score_with(insp, reviewed_all), held_mask)
+            note = say if name == "champion" else None            # report unreadable images once
+            figures[name] = _figures(b, score_with(insp, eval_good, note),
+                                     score_with(insp, data_defects + reviewed_defects, note),
+                                     score_with(insp, reviewed_all, note), held_mask)
         decision = gate(figures["champion"], figures["challenger"], auroc_tolerance)
         decision["forced"] = bool(force and not decision["passed"])
         decision["decision"] = "written" if decision["passed"] else "forced" if force else "refused"
