@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({cores} cores, {platform.machine()}, Python {platform.python_version()}){' with --quick' if args.quick else ''}. "
         "**The machine was shared with other jobs when this was measured: the throughput figures are "
         "distorted (the lead re-runs `make bench-scale` on a quiet machine).** The identical-results check "
-        "does not depend on load.",
+        "does not depend on load. The configurations run one after another, so a change of load during the run "
+        "favours the later rows.",
         "",
         f"Bundle: demo brick, {size} px, fp32. Archive: {rows[0][1]} PNG files (copies of the test images under "
         f"distinct names), batch size {args.batch_size}. `linewatch score-archive` writes the same "
