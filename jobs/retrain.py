@@ -8,7 +8,8 @@ The job (run periodically, e.g. nightly):
 2. **Training set** = the original good training images + the images reviewers marked ``good``
    (false alarms), read where they are (nothing is copied into the data folder), less a held-out
    share of them (``holdout_reviewed``, chosen by content hash) and less any that are also evaluation
-   images; + optional augmented samples (``augment``, needs a bundle with a pixel decoder). The
+   images; + the reviewed images the parent itself was retrained with (its lineage lists them), so a
+   periodic retrain keeps what earlier reviews taught unless a new verdict overrides one; + optional augmented samples (``augment``, needs a bundle with a pixel decoder). The
    threshold is calibrated as ``train`` does (on ``validation/good`` when the data has it).
 3. **Evaluation set**, the same for both bundles and trained on by neither: the data's held-out good
    images (``test/good``; if there is none, ``validation/good``, on which the threshold was calibrated,
@@ -254,6 +255,25 @@ def split_reviewed(paths: list[Path], fraction: float) -> tuple[list[Path], list
     return [p for p in paths if p not in held], [p for p in paths if p in held]
 
 
+def inherited_reviewed(parent: Bundle, vs: VerdictSet, exclude_hashes: set[str],
+                       say: Callable[[str], None]) -> list[Path]:
+    """The reviewed good images the parent was retrained with (its ``lineage.data.reviewed_good.paths``), so
+    a periodic retrain keeps what earlier reviews taught: those that still exist, are not judged again in
+    this verdict file (the new verdict wins) and are not in ``exclude_hashes`` (evaluation images, new ones)."""
+    recorded = parent.manifest.lineage.get("data", {}).get("reviewed_good", {}).get("paths", [])
+    judged = {v.path.resolve() for v in vs.verdicts}
+    kept, gone = [], 0
+    for s in recorded:
+        p = Path(s)
+        if not p.is_file():
+            gone += 1
+        elif p.resolve() not in judged and sha256_file(p) not in exclude_hashes:
+            kept.append(p)
+    if gone:
+        say(f"note: {gone} reviewed image(s) the parent was retrained with no longer exist; not used")
+    return kept
+
+
 def _augmented(parent: Bundle, count: int, staging: Path, seed: int, say: Callable[[str], None]) -> list[Path]:
     """``count`` new good images from the parent's chain and pixel decoder, written as PNGs into
     ``staging``; none (with a note) when this linewatch or the bundle cannot augment."""
@@ -336,8 +356,12 @@ def run_retrain(bundle: str | os.PathLike, data: str | os.PathLike, verdicts: st
     if already:
         say(f"note: {already} reviewed good image(s) are already training images")
     reviewed_train, reviewed_held = split_reviewed(reviewed_good, holdout_reviewed)
+    inherited = inherited_reviewed(parent, vs, eval_hashes | train_hashes | {sha256_file(p) for p in reviewed_good},
+                                   say)
+    reviewed_train = inherited + reviewed_train
     say(f"verdicts: {len(vs.good)} good (false alarms), {len(vs.defect)} defect; training on "
-        f"{len(reviewed_train)} reviewed good images, {len(reviewed_held)} held out for evaluation")
+        f"{len(reviewed_train)} reviewed good images ({len(inherited)} from the parent's retraining), "
+        f"{len(reviewed_held)} held out for evaluation")
 
     staging = out.parent / STAGING.format(name=out.name, pid=os.getpid())
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -395,7 +419,8 @@ def run_retrain(bundle: str | os.PathLike, data: str | os.PathLike, verdicts: st
             "data": {"original": {**content_fingerprint(original_used), "path_fingerprint": training_data["fingerprint"],
                                   "same_as_parent": training_data["fingerprint"] ==
                                   parent.manifest.training_data.get("fingerprint")},
-                     "reviewed_good": content_fingerprint(reviewed_train),
+                     "reviewed_good": {**content_fingerprint(reviewed_train), "inherited": len(inherited),
+                                       "paths": [str(p.resolve()) for p in reviewed_train]},
                      "reviewed_good_held_out": content_fingerprint(reviewed_held),
                      "reviewed_defect": content_fingerprint(reviewed_defects),
                      "augmented": len(augmented)},

@@ -136,6 +136,8 @@ def test_challenger_flags_fewer_of_the_reviewed_false_alarms_and_the_gate_decisi
         len(scenario["flagged"])
     assert b2.manifest.training_data["n_images"] == 40 + lin["data"]["reviewed_good"]["n_images"]
     assert summary["challenger"]["bundle_id"] == b2.id
+    assert lin["data"]["reviewed_good"]["inherited"] == 0
+    assert len(lin["data"]["reviewed_good"]["paths"]) == lin["data"]["reviewed_good"]["n_images"]
 
     # independently of the job's own figures: re-score the reviewed images with both bundles
     flagged_paths = [r["source"] for r in scenario["flagged"]]
@@ -218,6 +220,22 @@ def test_gate_refuses_a_worse_challenger_and_force_writes_it_and_records_it(scen
     assert printed["gate"]["decision"] == "forced" and printed["gate"]["forced"]
     lineage = Bundle.load(out).manifest.lineage
     assert lineage["comparison"]["gate"]["forced"] and lineage["comparison"]["gate"]["reasons"] == g["reasons"]
+
+
+@pytest.mark.slow
+def test_a_second_retrain_keeps_what_earlier_reviews_taught_unless_a_new_verdict_overrides(retrained, scenario,
+                                                                                          tmp_path):
+    b2 = Bundle.load(retrained["out"])
+    taught = b2.manifest.lineage["data"]["reviewed_good"]["paths"]
+    changed = taught[0]                                   # the new review says this one is a defect after all
+    v = write_verdicts(tmp_path / "v2.jsonl", [{"source": changed, "label": "defect", "score": 1.0, "bundle": b2.id,
+                                               "reviewed_utc": "2026-12-02T08:00:00Z"}])
+    run_retrain(b2.path, scenario["data"], v, tmp_path / "b3", force=True)
+    lin = Bundle.load(tmp_path / "b3").manifest.lineage
+    assert lin["parent"]["id"] == b2.id
+    assert lin["data"]["reviewed_good"]["inherited"] == len(taught) - 1
+    assert sorted(lin["data"]["reviewed_good"]["paths"]) == sorted(taught[1:])
+    assert lin["comparison"]["evaluation"]["n_defect_reviewed"] == 1
 
 
 @pytest.mark.slow
