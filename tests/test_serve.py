@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from conftest import run_without_torch
-from linewatch.runtime.bundle import MANIFEST_NAME, Bundle, BundleError
+from linewatch.runtime.bundle import MANIFEST_NAME, Bundle, BundleError, seal_manifest
 from linewatch.runtime.inspector import Inspector
 from linewatch.runtime.preprocess import decode_image
 from linewatch.runtime.serve import InspectionService, ServeOptions, make_server
@@ -85,6 +85,7 @@ def other_bundle(small_bundle, tmp_path_factory):
     m = json.loads((dst / MANIFEST_NAME).read_text())
     m["decision"]["threshold"] += 1.0
     (dst / MANIFEST_NAME).write_text(json.dumps(m, indent=2))
+    seal_manifest(dst)
     return dst
 
 
@@ -172,7 +173,7 @@ def test_limits_answer_json_errors_and_the_service_goes_on(small_bundle, images)
         conn.close()
 
         status, err = inspect(server, b"\x89PNG\r\n\x1a\n garbage")
-        assert status == 400 and "not a readable PNG/JPEG/BMP/TIFF image" in err["error"]
+        assert status == 400 and "not a readable image" in err["error"]
         assert inspect(server, b"")[0] == 400
         status, _, body = call(server, "POST", "/v1/inspect", images[0], {"Content-Type": "application/json"})
         assert status == 415 and "not an image" in json.loads(body)["error"]
@@ -291,6 +292,7 @@ def test_reload_waits_out_a_bundle_being_rewritten(small_bundle, tmp_path):
     m = json.loads((tmp / MANIFEST_NAME).read_text())
     m["decision"]["threshold"] += 2.0
     (tmp / MANIFEST_NAME).write_text(json.dumps(m))
+    seal_manifest(tmp)
 
     def finish_writing() -> None:
         time.sleep(0.3)
@@ -332,7 +334,7 @@ def test_cli_serves_until_sigterm(small_bundle, images, tmp_path):
         conn.request("POST", "/v1/inspect", big, {"Authorization": "Bearer tok"})
         r = conn.getresponse()
         err = json.loads(r.read())
-        assert r.status == 400 and "OpenCV refused" in err["error"] and "--max-pixels" in err["error"]  # header check
+        assert r.status == 400 and "pixels" in err["error"], err  # refused from the header
         conn.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
