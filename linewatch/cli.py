@@ -51,6 +51,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from linewatch.runtime.adapt import adapt_bundle
+    from linewatch.runtime.sources import expand_source
+
+    good = expand_source(args.good)
+    calibration = expand_source(args.calibration) if args.calibration else None
+    _, summary = adapt_bundle(args.bundle, good, args.out, chain_samples=args.chain_samples,
+                              calibration_paths=calibration, overwrite=args.overwrite, threads=args.threads,
+                              progress=_say)
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from linewatch.jobs.demo import format_reports, run_demo
     from linewatch.training.demo_data import DemoSpec
@@ -108,6 +121,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--threads", type=int, default=0, metavar="N", help="onnxruntime threads (default 0 = all cores)")
     i.add_argument("--no-heatmaps", action="store_true", help="do not write heat-map overlays")
     i.set_defaults(func=cmd_inspect)
+
+    a = sub.add_parser("adapt", help="adapt a bundle to a few new good images (edge runtime, no torch)",
+                       description="Few-shot on-device adaptation: encode the new good images with the bundle's graph, "
+                                   "(chain bundles, --chain-samples K) run top-layer chains from their codes, rebuild the "
+                                   "density's bank (same size) from the old bank and the new patches, re-set the "
+                                   "threshold, and write a new bundle version whose manifest names its parent. "
+                                   "Without --calibration, the threshold is the larger of the parent's (shifted by the "
+                                   "adaptation's effect) and the new images' leave-one-out scores: the false-alarm target "
+                                   "is then no longer guaranteed (README, `adapt`). Progress on stderr; JSON summary on stdout.")
+    a.add_argument("--bundle", required=True, metavar="BUNDLE", help="the bundle to adapt (left unchanged)")
+    a.add_argument("--good", required=True, metavar="DIR",
+                   help="good images of the new condition: a folder (recursive), an image or a glob")
+    a.add_argument("--out", required=True, metavar="BUNDLE2", help="folder for the adapted bundle (must not exist)")
+    a.add_argument("--chain-samples", type=int, default=0, metavar="K",
+                   help="top-layer chain samples to add (bundles trained with a CAE stack only; default 0: the new "
+                        "codes only, bench/results/adapt.md)")
+    a.add_argument("--calibration", metavar="DIR",
+                   help="good images taken the way the line will take them (not the --good images) to re-set the "
+                        "threshold exactly (split-conformal; >= 99 images for a 1%% target)")
+    a.add_argument("--threads", type=int, default=0, metavar="N", help="onnxruntime threads (default 0 = all cores)")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing --out folder (atomically)")
+    a.set_defaults(func=cmd_adapt)
 
     d = sub.add_parser("demo", help="build the demo textures, train, inspect and report accuracy",
                        description="Builds the built-in demo data (scikit-image textures with defect-synthesis "

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .preprocess import InputSpec
 
@@ -208,13 +208,15 @@ def umask_mode(mode: int) -> int:
 
 
 def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, str | os.PathLike | bytes],
-                 overwrite: bool = False) -> Bundle:
+                 overwrite: bool = False, before_rename: Callable[[], None] | None = None) -> Bundle:
     """Write a bundle atomically: files go to a temporary sibling folder that is renamed to ``out``.
 
     Args:
         out: destination folder (must not exist unless ``overwrite``).
         manifest: its ``files`` entry is filled in here.
         files: name -> source path (copied) or bytes.
+        before_rename: called once the temporary folder is complete, just before the rename (tests use
+            it to kill the writer there).
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -236,6 +238,8 @@ def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, st
             json.dump(manifest.to_dict(), f, indent=2)
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
