@@ -189,3 +189,45 @@ def test_sigkill_during_adapt_never_leaves_a_partial_bundle(small_bundle, shifte
         proc.wait()
         outcomes.append(_is_absent_or_complete(target))
     assert set(outcomes) <= {"absent", "complete"}
+
+
+def test_calibration_images_set_the_threshold_exactly(small_bundle, shifted, tmp_path):
+    """With --calibration the threshold is the conformal quantile of those images' scores under the adapted graph."""
+    from linewatch.runtime.adapt import SPLIT_METHOD, adapt_bundle
+
+    cal = shifted["good"]
+    child, summary = adapt_bundle(small_bundle, shifted["adapt"], tmp_path / "b2", calibration_paths=cal, threads=1)
+    assert child.manifest.calibration.method == SPLIT_METHOD and summary["calibration_method"] == SPLIT_METHOD
+    s = np.sort(_scores(child, cal))
+    n, alpha = len(s), child.manifest.decision.target_false_alarm_rate
+    k = min(n, int(np.ceil((n + 1) * (1 - alpha))))
+    assert abs(child.manifest.decision.threshold - s[k - 1]) < 1e-2
+    assert child.manifest.calibration.target_reachable is False     # 8 images cannot reach 1%
+
+
+@pytest.mark.slow
+def test_chain_bundle_adapts_with_chain_samples_without_torch(small_category, shifted, tmp_path):
+    """A level-2 bundle ships chain_encode/decode.onnx; adapt runs chains from the new codes with torch blocked."""
+    from linewatch.jobs.train import run_train
+    from linewatch.training.config import config_from_dict
+
+    from conftest import SMALL_CONFIG
+
+    deep = tmp_path / "deep"
+    run_train(small_category, deep, config_from_dict({**SMALL_CONFIG, "stack": {"widths": [32], "epochs": 5},
+                                                     "density": {**SMALL_CONFIG["density"], "level": 2}}),
+              checkpoint=False)
+    m = Bundle.load(deep).manifest
+    assert {"chain_encode.onnx", "chain_decode.onnx"} <= set(m.files) and m.chain["codec_parity_max_abs_diff"] < 1e-4
+    out = tmp_path / "b2"
+    summary = run_without_torch(f"""
+        from linewatch.runtime.adapt import adapt_bundle
+        _, summary = adapt_bundle({str(deep)!r}, {[str(p) for p in shifted["adapt"]]!r}, {str(out)!r},
+                                  chain_samples=128, threads=1)
+        print(json.dumps(summary))
+    """)
+    child = Bundle.load(out)
+    assert summary["chain_samples"] == 128 == child.manifest.lineage["adapted_with"]["chain_samples"]
+    assert read_bundle_density(child).kernel.shape == read_bundle_density(Bundle.load(deep)).kernel.shape
+    good_before, good_after = _scores(deep, shifted["good"]), _scores(child, shifted["good"])
+    assert np.median(good_after - good_before) < 0
