@@ -287,7 +287,8 @@ def main() -> None:
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "adapt.md").write_text("# Few-shot adaptation: adapt vs no adaptation vs retraining\n\n"
-                                          + body + "\nNOTES\n")
+                                          + body + "\n## Notes\n\n(written after the run; re-running the script "
+                                          "replaces this file, so carry them over)\n")
 
 
 if __name__ == "__main__":
