@@ -423,7 +423,9 @@ def adapt_bundle(bundle: str | os.PathLike | Bundle, good_paths: list[str | os.P
     manifest.calibration.folds = 0
     manifest.density["parameters"] = adapted.params.layout()
     seconds = round(time.perf_counter() - t0, 2)
+    ancestors = [a for a in [m.lineage.get("parent"), *m.lineage.get("ancestors", [])] if a]
     manifest.lineage = {**m.lineage, "parent": parent.id, "parent_path": str(parent.path.resolve()),
+                        "ancestors": ancestors,   # earlier bundle ids, nearest first (adapting an adapted bundle)
                         "adapted_with": {"images": n, "fingerprint": enc.fingerprint, "chain_samples": k_chain,
                                          "skipped": enc.skipped, "patches": int(n * p),
                                          "bank_patches": float(n_parent + n * p + k_chain),
