@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from linewatch.runtime.adapt import SLEEP_BEFORE_RENAME_ENV, log_density, read_bundle_density, weighted_kcenter
-from linewatch.runtime.bundle import Bundle, BundleError
+from linewatch.runtime.bundle import Bundle, BundleError, seal_manifest
 from linewatch.runtime.inspector import Inspector
 from linewatch.runtime.preprocess import decode_image, preprocess
 
@@ -148,6 +148,7 @@ def test_bundle_without_density_file_says_re_export(small_bundle, tmp_path):
     m["density"].pop("parameters")
     m["files"].pop("density.bin")
     (old / "manifest.json").write_text(json.dumps(m))
+    seal_manifest(old)                      # as an older linewatch would have written it, digest included
     with pytest.raises(BundleError, match="re-export"):
         read_bundle_density(Bundle.load(old))
 
@@ -231,3 +232,18 @@ def test_chain_bundle_adapts_with_chain_samples_without_torch(small_category, sh
     assert read_bundle_density(child).kernel.shape == read_bundle_density(Bundle.load(deep)).kernel.shape
     good_before, good_after = _scores(deep, shifted["good"]), _scores(child, shifted["good"])
     assert np.median(good_after - good_before) < 0
+
+
+def test_signed_parent_gives_a_signed_child(small_bundle, shifted, tmp_path, monkeypatch):
+    """Where LINEWATCH_BUNDLE_KEY is set, the adapted bundle is signed like any bundle write_bundle writes."""
+    import shutil
+
+    from linewatch.runtime.adapt import adapt_bundle
+    from linewatch.runtime.signing import KEY_ENV, VERIFIED, sign_bundle
+
+    parent = tmp_path / "parent"
+    shutil.copytree(small_bundle, parent)
+    monkeypatch.setenv(KEY_ENV, "a-test-key-of-enough-bytes")
+    sign_bundle(parent)
+    child, _ = adapt_bundle(parent, shifted["adapt"][:2], tmp_path / "b2", threads=1)
+    assert Bundle.load(tmp_path / "b2").signature == VERIFIED
