@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-nodeps.txt
 
-.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-robustness bench-adapt
+.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-robustness bench-service bench-soak bench-adapt
 
 help:
 	@echo "make demo      build the demo textures, train, inspect, print accuracy (creates .venv)"
@@ -17,6 +17,8 @@ help:
 	@echo "make bench-adapt     few-shot adaptation vs no adaptation vs retraining (bench/results/adapt.md)"
 	@echo "make bench-latency   latency, throughput, cold start, size vs torch, anomalib and the floor (bench/results/latency.md)"
 	@echo "make bench-robustness  bad images and damaged/tampered bundles and what linewatch does (bench/results/robustness.md)"
+	@echo "make bench-service   linewatch serve under load at concurrency 1, 4, 16 (bench/results/service.md)"
+	@echo "make bench-soak      linewatch serve for 10 minutes at 20 requests/s: errors, p99, RSS growth (bench/results/soak.md)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +73,16 @@ bench-latency: $(STAMP) $(PEER_STAMP)
 # Trains two small bundles (about a minute), then rewrites the generated tables of robustness.md.
 bench-robustness: $(STAMP)
 	$(PY) bench/robustness.py
+
+# linewatch serve in its own process, loaded from client threads; both want an otherwise idle machine.
+bench-service: $(STAMP)
+	$(PY) bench/service.py
+
+# not in CI: 10 minutes at a fixed rate; targets zero errors and RSS growth <= 5 %
+SOAK_SECONDS ?= 600
+SOAK_RATE    ?= 20
+bench-soak: $(STAMP)
+	$(PY) bench/soak.py --duration $(SOAK_SECONDS) --rate $(SOAK_RATE)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
