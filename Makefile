@@ -4,9 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
-DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-nodeps.txt
+DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-scale.txt requirements-nodeps.txt
 
-.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-robustness bench-service bench-soak bench-adapt
+.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-robustness bench-service bench-soak bench-scale bench-adapt
 
 help:
 	@echo "make demo      build the demo textures, train, inspect, print accuracy (creates .venv)"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench-accuracy  linewatch vs baselines vs anomalib (builds the anomalib env in bench/peers/.venv)"
 	@echo "make bench-ablation / bench-few-shot / bench-paper   re-measure bench/results/*.md"
 	@echo "make bench-adapt     few-shot adaptation vs no adaptation vs retraining (bench/results/adapt.md)"
+	@echo "make bench-scale     archive scoring images/s, one process vs Ray workers (bench/results/scale.md)"
 	@echo "make bench-latency   latency, throughput, cold start, size vs torch, anomalib and the floor (bench/results/latency.md)"
 	@echo "make bench-robustness  bad images and damaged/tampered bundles and what linewatch does (bench/results/robustness.md)"
 	@echo "make bench-service   linewatch serve under load at concurrency 1, 4, 16 (bench/results/service.md)"
@@ -24,9 +25,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned through constraints.txt (the 2.13.0 CPU wheel); the three --no-deps packages
-# declare dependencies they never import (see requirements-train.txt).
+# declare dependencies they never import (see requirements-train.txt). The `scale` extra (Ray core) is
+# installed because the default suite checks the Ray engines against the single-process ones
+# (tests/test_scale.py, skipped where ray is absent).
 $(STAMP): $(PY) $(DEPS)
-	$(PIP) install -q -c constraints.txt -e '.[train,test]'
+	$(PIP) install -q -c constraints.txt -e '.[train,test,scale]'
 	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
@@ -40,6 +43,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# Archive scoring images/s: one process vs Ray with 1 and 2 workers, and the identical-results check.
+bench-scale: $(STAMP)
+	$(PY) bench/scale.py
 
 bench-ablation: $(STAMP)
 	$(PY) bench/ablation.py

@@ -212,6 +212,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from linewatch.jobs.retrain import GateRefused, run_retrain
+
+    try:
+        summary = run_retrain(args.bundle, args.data, args.verdicts, args.out, force=args.force,
+                              any_bundle=args.any_bundle, augment=args.augment, overwrite=args.overwrite,
+                              checkpoint=not args.no_checkpoint, engine=args.engine, workers=args.workers,
+                              auroc_tolerance=args.auroc_tolerance, holdout_reviewed=args.holdout_reviewed,
+                              progress=_say)
+    except GateRefused as exc:
+        print(json.dumps(exc.comparison))
+        _say(f"linewatch retrain: refused: {exc}")
+        return 3
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_score_archive(args: argparse.Namespace) -> int:
+    from linewatch.jobs.score_archive import run_score_archive
+
+    summary = run_score_archive(args.bundle, args.source, args.out, engine=args.engine, workers=args.workers,
+                                batch_size=args.batch_size, threads=args.threads, progress=_say)
+    print(json.dumps(summary))
+    return 0
+
+
+RETRAIN_HELP = """\
+Retrain a bundle with the images reviewers judged, and write the new bundle (the challenger) only if it
+is not worse than the current one (the champion).
+
+training set: the original good images (--data, the folder the champion was trained on) + the images
+  the verdict file marks "good" (false alarms; read in place, never copied into --data), less a held-out
+  share (--holdout-reviewed) + optional augmented samples (--augment N, bundles with a pixel decoder).
+  The champion's training configuration (manifest lineage.config) is reused.
+evaluation set, the same for both bundles and trained on by neither: --data's test/good images (else
+  validation/good) + confirmed defects (--data's test/<type> and the verdicts marked "defect").
+gate: the challenger is written only if
+  image AUROC(challenger) >= AUROC(champion) - tolerance (default 0.005) and
+  false-alarm rate(challenger, own threshold) <= false-alarm rate(champion, own threshold);
+  otherwise nothing is written and the command exits 3, naming both figures; --force writes it anyway
+  and the manifest records that the gate was forced. Also reported: each bundle's false-alarm rate on
+  the reviewed false alarms (all, and the held-out share).
+lineage: the new manifest records the parent, fingerprints of the original and reviewed images, the
+  verdict file's sha256, the comparison's figures and the decision.
+verdict file: JSON lines {"source", "label": "defect"|"good", "score", "bundle", "reviewed_utc"}, as
+  exported by `linewatch audit`. Invalid lines stop the job (line number and reason); images that no
+  longer exist are reported and skipped; verdicts made on another bundle are refused unless --any-bundle.
+crash safety: the bundle is staged in a hidden sibling folder and renamed into place; a killed run
+  leaves no partial bundle at OUT and the next run cleans up after it.
+The comparison is printed as JSON on stdout (also when refused); progress goes to stderr.
+exit codes: 0 written, 1 error, 2 bad command line, 3 refused by the gate."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="linewatch", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -405,6 +458,46 @@ SIGTERM or SIGINT: stop accepting, let requests in flight finish (up to --timeou
                    help="open connections served at once; more get 503 (default 64)")
     s.add_argument("--quiet", action="store_true", help="no log line per request on stderr")
     s.set_defaults(func=cmd_serve)
+
+    r = sub.add_parser("retrain", help="retrain with reviewed images; write the new bundle only if it is not worse",
+                       description=RETRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--bundle", required=True, metavar="B", help="the current bundle (champion)")
+    r.add_argument("--data", required=True, metavar="DIR", help="the data folder the champion was trained on")
+    r.add_argument("--verdicts", required=True, metavar="V.jsonl", help="verdict file from `linewatch audit`")
+    r.add_argument("--out", required=True, metavar="B2", help="bundle folder to write if the gate passes")
+    r.add_argument("--force", action="store_true", help="write the challenger even if the gate fails (recorded)")
+    r.add_argument("--any-bundle", action="store_true", help="accept verdicts made on other bundles than --bundle")
+    r.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="add N augmented good samples from the champion's chain (skipped with a note if it has none)")
+    r.add_argument("--auroc-tolerance", type=float, default=0.005, metavar="T",
+                   help="allowed AUROC drop of the challenger (default 0.005)")
+    r.add_argument("--holdout-reviewed", type=float, default=0.2, metavar="F",
+                   help="share of the reviewed good images kept out of training to measure the challenger on "
+                        "false alarms it has not seen (default 0.2; 0 = train on all)")
+    r.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="where feature extraction runs: this process, or Ray actors (needs linewatch[scale])")
+    r.add_argument("--workers", type=int, default=2, metavar="N", help="Ray actors, one CPU each (default 2)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing B2 (and its checkpoint)")
+    r.add_argument("--no-checkpoint", action="store_true", help="do not write B2.ckpt")
+    r.set_defaults(func=cmd_retrain)
+
+    a = sub.add_parser("score-archive", help="score a large archive of images, in this process or on Ray workers",
+                       description="Score every image of SRC (offline audit, e.g. a month of production) into "
+                                   "OUT/results.jsonl: the records of `inspect --no-heatmaps`, resumable the same way. "
+                                   "--engine ray spreads chunks of --batch-size paths over --workers Ray actors (one "
+                                   "CPU and one onnxruntime thread each; a local Ray instance unless RAY_ADDRESS names a "
+                                   "cluster, whose nodes must see the bundle and images at the same paths). Scores are "
+                                   "the same whichever engine runs. Needs linewatch[scale] for --engine ray.")
+    a.add_argument("--bundle", required=True, metavar="BUNDLE", help="bundle folder")
+    a.add_argument("--source", required=True, metavar="SRC", help="an image file, a folder (recursive) or a glob")
+    a.add_argument("--out", required=True, metavar="DIR", help="output folder for results.jsonl")
+    a.add_argument("--engine", choices=["local", "ray"], default="local", help="where to score (default local)")
+    a.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="local: one-thread batch pipelines (1 = one pipeline using --threads); ray: actors (default 1)")
+    a.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per model call and per Ray task")
+    a.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="onnxruntime threads with --engine local --workers 1 (default 0 = all cores)")
+    a.set_defaults(func=cmd_score_archive)
 
     d = sub.add_parser("demo", help="build the demo textures, train, inspect and report accuracy",
                        description="Builds the built-in demo data (scikit-image textures with defect-synthesis "
