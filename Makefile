@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-scale.txt requirements-nodeps.txt
 
-.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-robustness bench-service bench-soak bench-scale
+.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-robustness bench-service bench-soak bench-scale bench-adapt
 
 help:
 	@echo "make demo      build the demo textures, train, inspect, print accuracy (creates .venv)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-all  the whole suite, slow tests included"
 	@echo "make bench-accuracy  linewatch vs baselines vs anomalib (builds the anomalib env in bench/peers/.venv)"
 	@echo "make bench-ablation / bench-few-shot / bench-paper   re-measure bench/results/*.md"
+	@echo "make bench-adapt     few-shot adaptation vs no adaptation vs retraining (bench/results/adapt.md)"
 	@echo "make bench-scale     archive scoring images/s, one process vs Ray workers (bench/results/scale.md)"
 	@echo "make bench-latency   latency, throughput, cold start, size vs torch, anomalib and the floor (bench/results/latency.md)"
 	@echo "make bench-robustness  bad images and damaged/tampered bundles and what linewatch does (bench/results/robustness.md)"
@@ -52,6 +53,9 @@ bench-ablation: $(STAMP)
 
 bench-few-shot: $(STAMP)
 	$(PY) bench/few_shot.py
+
+bench-adapt: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) bench/adapt.py
 
 bench-paper: $(STAMP)
 	$(PY) bench/paper.py

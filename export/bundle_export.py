@@ -10,6 +10,7 @@ import numpy as np
 from ..runtime.bundle import Bundle, Calibration, Decision, Manifest, write_bundle
 from ..training.config import TrainConfig
 from ..training.fit import FittedDetector
+from .chain_codec import export_chain_codec
 from .density_file import externalize_density
 from .gallery import attach_gallery
 from .onnx_export import (CHAIN_NEXT, CHAIN_NOISE, CHAIN_STATE, check_chain_parity, check_parity,
@@ -86,4 +87,6 @@ def _export_chain(det: FittedDetector, config: TrainConfig, tmp: Path, manifest)
                       "noise_dim": int(noise_dim), "sigma": float(s.sigma), "burn_in": int(s.burn_in),
                       "thin": int(s.thin), "state_level": int(chain.level - 1), "sample_level": int(chain.level),
                       "parity_max_abs_diff": diff}
-    return {step_path.name: step_path, start_path.name: start_path}
+    codec_files, codec_spec = export_chain_codec(chain.step, chain.start, tmp, config.export.opset)
+    manifest.chain.update(codec_spec)
+    return {step_path.name: step_path, start_path.name: start_path, **codec_files}

@@ -138,6 +138,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 128 + caught[0] if caught and summary.source_kind in ("files", "video") else 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from linewatch.runtime.adapt import adapt_bundle
+    from linewatch.runtime.sources import expand_source
+
+    good = expand_source(args.good)
+    calibration = expand_source(args.calibration) if args.calibration else None
+    _, summary = adapt_bundle(args.bundle, good, args.out, chain_samples=args.chain_samples,
+                              calibration_paths=calibration, overwrite=args.overwrite, threads=args.threads,
+                              progress=_say)
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
     from linewatch.runtime.bundle import Bundle
     from linewatch.runtime.signing import KEY_ENV, VERIFIED, sign_bundle
@@ -339,6 +352,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "them; the record gets an error and the run goes on (default 268435456 = 16384 x 16384)")
     i.set_defaults(func=cmd_inspect)
 
+    ad = sub.add_parser("adapt", help="adapt a bundle to a few new good images (edge runtime, no torch)",
+                       description="Few-shot on-device adaptation: encode the new good images with the bundle's graph, "
+                                   "(chain bundles, --chain-samples K) run top-layer chains from their codes, rebuild the "
+                                   "density's bank (same size) from the old bank and the new patches, re-set the "
+                                   "threshold, and write a new bundle version whose manifest names its parent. "
+                                   "Without --calibration, the threshold is the larger of the parent's (shifted by the "
+                                   "adaptation's effect) and the new images' leave-one-out scores: the false-alarm target "
+                                   "is then no longer guaranteed (README, `adapt`). Progress on stderr; JSON summary on stdout.")
+    ad.add_argument("--bundle", required=True, metavar="BUNDLE", help="the bundle to adapt (left unchanged)")
+    ad.add_argument("--good", required=True, metavar="DIR",
+                   help="good images of the new condition: a folder (recursive), an image or a glob")
+    ad.add_argument("--out", required=True, metavar="BUNDLE2", help="folder for the adapted bundle (must not exist)")
+    ad.add_argument("--chain-samples", type=int, default=0, metavar="K",
+                   help="top-layer chain samples to add (bundles trained with a CAE stack only; default 0: the new "
+                        "codes only, bench/results/adapt.md)")
+    ad.add_argument("--calibration", metavar="DIR",
+                   help="good images taken the way the line will take them (not the --good images) to re-set the "
+                        "threshold exactly (split-conformal; >= 99 images for a 1%% target)")
+    ad.add_argument("--threads", type=int, default=0, metavar="N", help="onnxruntime threads (default 0 = all cores)")
+    ad.add_argument("--overwrite", action="store_true", help="replace an existing --out folder (atomically)")
+    ad.set_defaults(func=cmd_adapt)
+
     s = sub.add_parser("sign", help="sign a bundle with the key in LINEWATCH_BUNDLE_KEY (HMAC-SHA256), or check it",
                        description="Check a bundle's files against its manifest, then write BUNDLE/manifest.sig: the "
                                    "HMAC-SHA256 of manifest.json (which lists every file's sha256) under the key in "
@@ -485,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ImportError as exc:   # the edge install (Dockerfile.edge) has only the runtime: `inspect`
         _say(f"linewatch {args.command}: error: {exc}. This installation lacks what `{args.command}` needs (the "
-             "edge runtime has only `inspect`, `audit` and `serve`); run it where linewatch is installed with its training extras: "
+             "edge runtime has only `inspect`, `audit`, `adapt` and `serve`); run it where linewatch is installed with its training extras: "
              "pip install 'linewatch[train]'")
         return 1
     except (OSError, ValueError, RuntimeError) as exc:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import signing
 from .preprocess import InputSpec
@@ -246,7 +246,7 @@ def umask_mode(mode: int) -> int:
 
 
 def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, str | os.PathLike | bytes],
-                 overwrite: bool = False) -> Bundle:
+                 overwrite: bool = False, before_rename: Callable[[], None] | None = None) -> Bundle:
     """Write a bundle atomically: files go to a temporary sibling folder that is renamed to ``out``.
 
     Writes ``manifest.sha256`` and, when ``LINEWATCH_BUNDLE_KEY`` is set, signs the manifest.
@@ -255,6 +255,8 @@ def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, st
         out: destination folder (must not exist unless ``overwrite``).
         manifest: its ``files`` entry is filled in here.
         files: name -> source path (copied) or bytes.
+        before_rename: called once the temporary folder is complete, just before the rename (tests use
+            it to kill the writer there).
     """
     out = Path(out)
     try:
@@ -283,6 +285,8 @@ def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, st
         seal_manifest(tmp)
         if key is not None:
             signing.write_signature(tmp, key, MANIFEST_NAME)
+        if before_rename is not None:
+            before_rename()
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)

@@ -9,7 +9,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["ablation.py", "few_shot.py"])
+@pytest.mark.parametrize("script", ["ablation.py", "few_shot.py", "adapt.py"])
 def test_bench_quick_mode_runs(script, tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--textures", "brick",
                            "--data", str(tmp_path)], capture_output=True, text=True, timeout=1800)

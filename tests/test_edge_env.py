@@ -100,6 +100,11 @@ def test_edge_env_inspects_fp32_and_int8_bundles(edge_env, small_bundle, small_c
         ok = [r for r in records if r["error"] is None]
         assert len(ok) == len(sources) and all(isinstance(r["score"], float) and 0 < r["p_value"] <= 1 for r in ok)
         assert [r for r in records if r["error"]][0]["source"].endswith("broken.png")
+    # on-device adaptation needs only the runtime too (the int8 bundle: its density.bin is fp32)
+    p = run_in(edge_env, "linewatch", "adapt", "--bundle", str(tmp_path / "int8"), "--good", str(src),
+               "--out", str(tmp_path / "adapted"), "--threads", "1")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["images"] == len(sources) and "broken.png" in p.stderr
 
 
 @pytest.mark.slow
