@@ -10,8 +10,9 @@ import numpy as np
 from ..runtime.bundle import Bundle, Calibration, Decision, Manifest, write_bundle
 from ..training.config import TrainConfig
 from ..training.fit import FittedDetector
-from .onnx_export import (CHAIN_NEXT, CHAIN_NOISE, CHAIN_STATE, check_chain_parity, check_parity,
-                          export_chain_step, export_scorer, model_spec)
+from .onnx_export import (CHAIN_NEXT, CHAIN_NOISE, CHAIN_STATE, DECODER_INPUT, DECODER_OUTPUT, check_chain_parity,
+                          check_decoder_parity, check_parity, export_chain_step, export_decoder, export_scorer,
+                          model_spec)
 
 
 def build_manifest(det: FittedDetector, config: TrainConfig, parity: dict[str, Any],
@@ -54,6 +55,8 @@ def export_bundle(det: FittedDetector, out: str | Path, parity_images: np.ndarra
         files = {"model.onnx": onnx_path}
         if det.chain is not None:
             files.update(_export_chain(det, config, Path(tmp), manifest))
+        if getattr(det, "decoder", None) is not None:     # older checkpoints have no decoder attribute
+            files.update(_export_decoder(det, config, Path(tmp), manifest))
         return write_bundle(out, manifest, files, overwrite=overwrite)
 
 
@@ -72,3 +75,46 @@ def _export_chain(det: FittedDetector, config: TrainConfig, tmp: Path, manifest)
                       "thin": int(s.thin), "state_level": int(chain.level - 1), "sample_level": int(chain.level),
                       "parity_max_abs_diff": diff}
     return {step_path.name: step_path, start_path.name: start_path}
+
+
+DECODER_INPUT_SPACE = ("level-1 rows: the backbone's pooled patch features (model.onnx's first stage), sphered by "
+                       "the density's whitening when density.whiten is true (the rows a level-1 density scores), "
+                       "laid out (N, P, D) with P = map_height * map_width in row-major map order")
+
+
+def _export_decoder(det: FittedDetector, config: TrainConfig, tmp: Path, manifest) -> dict[str, Path]:
+    """Write ``decoder.onnx`` (and, with a level-1 chain, ``augment_start.npz``); describe them in
+    ``manifest.decoder``."""
+    dec = det.decoder
+    module = dec.module
+    h, w = module.map_shape
+    path = tmp / "decoder.onnx"
+    export_decoder(module, h * w, module.dim, path, config.export.opset)
+    probe = np.random.default_rng(0).standard_normal((4, h * w, module.dim)).astype(np.float32)
+    if dec.start_maps is not None:   # real maps too: back from the chain's state space to level-1 rows
+        probe = np.concatenate([probe, dec.start_maps[:4] * dec.state_std + dec.state_mean]).astype(np.float32)
+    diff = check_decoder_parity(module, path, probe)
+    spec = det.input_spec
+    manifest.decoder = {
+        "file": path.name, "input": DECODER_INPUT, "output": DECODER_OUTPUT,
+        "input_space": DECODER_INPUT_SPACE, "whitened": bool(config.density.whiten),
+        "map_height": int(h), "map_width": int(w), "feature_dim": int(module.dim),
+        "image_height": int(module.image_shape[0]), "image_width": int(module.image_shape[1]),
+        "channels": int(module.channels), "color_order": spec.color_order,
+        "output_range": [0.0, 1.0], "training": dict(dec.figures),
+        "parity_max_abs_diff": diff,
+    }
+    files = {path.name: path}
+    if dec.start_maps is not None and det.chain is not None:
+        start = tmp / "augment_start.npz"
+        with open(start, "wb") as f:
+            np.savez(f, maps=dec.start_maps.astype(np.float32), state_mean=dec.state_mean.astype(np.float32),
+                     state_std=dec.state_std.astype(np.float32), image_index=dec.start_images.astype(np.int64))
+        manifest.decoder["augment"] = {
+            "start_file": start.name, "n_start_maps": int(dec.start_maps.shape[0]),
+            "state_space": "chain states at level 1: state = (row - state_mean) / state_std (the stack's "
+                           "standardisation); rows = state * state_std + state_mean go into the decoder",
+            "arrays": {"maps": "float32 (S, P, D) states", "state_mean": "float32 (D,)", "state_std": "float32 (D,)",
+                       "image_index": "int64 (S,) index of each map's image in the training set"}}
+        files[start.name] = start
+    return files

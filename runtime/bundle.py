@@ -105,6 +105,8 @@ class Manifest:
     # int8 bundles: how the graph was quantised and the int8-vs-fp32 accuracy gate's figures (empty for
     # fp32). Optional and additive: manifests without it load, and older readers ignore it (no schema bump).
     quantization: dict[str, Any] = field(default_factory=dict)
+    # pixel decoder (decoder.onnx: level-1 rows -> image in [0, 1]) and augment start maps; empty without one
+    decoder: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     format: str = BUNDLE_FORMAT
@@ -145,6 +147,7 @@ class Manifest:
                 lineage=dict(d.get("lineage", {})),
                 chain=dict(d.get("chain", {})),
                 quantization=dict(d.get("quantization", {})),
+                decoder=dict(d.get("decoder", {})),
                 files=dict(d["files"]),
                 schema_version=version,
                 format=d["format"],
