@@ -10,6 +10,7 @@ import numpy as np
 from ..runtime.bundle import Bundle, Calibration, Decision, Manifest, write_bundle
 from ..training.config import TrainConfig
 from ..training.fit import FittedDetector
+from .density_file import externalize_density
 from .onnx_export import (CHAIN_NEXT, CHAIN_NOISE, CHAIN_STATE, DECODER_INPUT, DECODER_OUTPUT, check_chain_parity,
                           check_decoder_parity, check_parity, export_chain_step, export_decoder, export_scorer,
                           model_spec)
@@ -31,7 +32,8 @@ def build_manifest(det: FittedDetector, config: TrainConfig, parity: dict[str, A
             false_alarm_rate_on_calibration=cal.false_alarm_rate(cal.scores_)),
         density={"kind": "parzen-gaussian", "bandwidth": det.bandwidth, "weighted": config.density.weighted,
                  **{k: det.figures[k] for k in ("level", "bank_size", "feature_dim", "code_dim", "chain_samples",
-                                                "bandwidth_grid", "heldout_mean_loglik") if k in det.figures}},
+                                                "bandwidth_grid", "heldout_mean_loglik") if k in det.figures},
+                 "parameters": det.figures.get("density_parameters", {})},
         training_data={**training_data, "fit_seconds": det.figures.get("fit_seconds")},
         parity=parity,
         lineage={"parent": None, "config": config.to_dict(), **(lineage or {})},
@@ -49,15 +51,23 @@ def export_bundle(det: FittedDetector, out: str | Path, parity_images: np.ndarra
     with tempfile.TemporaryDirectory(prefix="linewatch-export-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_scorer(det.scorer, spec.channels, spec.height, spec.width, onnx_path, config.export.opset)
+        files = separate_density(det, onnx_path)
         parity = check_parity(det.scorer, onnx_path, parity_images[: config.export.parity_images],
                               config.export.parity_rtol, config.export.parity_atol)
         manifest = build_manifest(det, config, parity, training_data, lineage)
-        files = {"model.onnx": onnx_path}
         if det.chain is not None:
             files.update(_export_chain(det, config, Path(tmp), manifest))
-        if getattr(det, "decoder", None) is not None:     # older checkpoints have no decoder attribute
+        if det.decoder is not None:   # a class default, so older checkpoints read None
             files.update(_export_decoder(det, config, Path(tmp), manifest))
         return write_bundle(out, manifest, files, overwrite=overwrite)
+
+
+def separate_density(det: FittedDetector, onnx_path: Path) -> dict[str, Path]:
+    """Move the density's parameters to ``density.bin`` beside ``onnx_path`` (external data), record
+    where in ``det.figures["density_parameters"]``; returns the bundle files ``{name: path}``."""
+    bin_path, layout = externalize_density(onnx_path, 0.5 / det.bandwidth ** 2)
+    det.figures["density_parameters"] = layout
+    return {"model.onnx": onnx_path, bin_path.name: bin_path}
 
 
 def _export_chain(det: FittedDetector, config: TrainConfig, tmp: Path, manifest) -> dict[str, Path]:

@@ -50,7 +50,7 @@ from ..runtime.calibration import ConformalCalibrator
 from ..training.config import TrainConfig
 from ..training.fit import SPLIT_CONFORMAL, FittedDetector
 from ..training.metrics import auroc, spearman
-from .bundle_export import _export_chain, _export_decoder, build_manifest
+from .bundle_export import _export_chain, _export_decoder, build_manifest, separate_density
 from .onnx_export import INPUT_NAME, MAP_NAME, SCORE_NAME, check_parity, export_scorer
 from .quantize import quantize_scorer
 
@@ -200,6 +200,8 @@ def export_int8_bundle(det: FittedDetector, out: str | Path, parity_images: np.n
                               config.export.parity_rtol, config.export.parity_atol)
         say(f"quantising to int8 (static QDQ, per-channel) on {len(inputs.calibration_images)} training images")
         quant = quantize_scorer(fp32_path, int8_path, inputs.calibration_images, INPUT_NAME, det.backbone, spec)
+        int8_bytes = int8_path.stat().st_size
+        files = separate_density(det, int8_path)
         g = inputs.gate
         say(f"int8 gate: scoring {len(g.images)} {g.source} with fp32 and int8")
         s32, m32 = score_images(open_session(fp32_path, threads), g.images)
@@ -217,8 +219,7 @@ def export_int8_bundle(det: FittedDetector, out: str | Path, parity_images: np.n
         manifest.parity["graph"] = "fp32, before quantisation (the int8 graph is checked by the gate)"
         manifest.quantization = {**quant, "gate": gate, "recalibration": recal,
                                  "fp32_model_bytes": fp32_path.stat().st_size,
-                                 "int8_model_bytes": int8_path.stat().st_size}
-        files = {"model.onnx": int8_path}
+                                 "int8_model_bytes": int8_bytes}
         if det.chain is not None:
             files.update(_export_chain(det, config, Path(tmp), manifest))
         if det.decoder is not None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..runtime.bundle import ModelSpec
 
-INPUT_NAME, SCORE_NAME, MAP_NAME = "image", "score", "patch_scores"
+INPUT_NAME, SCORE_NAME, MAP_NAME, FEATURES_NAME = "image", "score", "patch_scores", "patch_features"
 
 
 class ParityError(RuntimeError):
@@ -19,20 +19,25 @@ class ParityError(RuntimeError):
 
 
 def export_scorer(scorer: nn.Module, channels: int, height: int, width: int, path: str | Path, opset: int = 17) -> None:
-    """Write ``scorer`` as ONNX: input ``image (N, C, H, W)``, outputs ``score (N,)`` and ``patch_scores (N, h, w)``.
+    """Write ``scorer`` as ONNX: input ``image (N, C, H, W)``, outputs ``score (N,)``, ``patch_scores (N, h, w)``
+    and ``patch_features (N, h*w, d)`` (see :mod:`linewatch.training.scorer`).
 
-    The batch axis is dynamic; the image size is fixed (the manifest states it).
+    The batch axis is dynamic; the image size is fixed (the manifest states it). The density's
+    parameters are still inside the file; :func:`linewatch.export.density_file.externalize_density`
+    moves them out for a bundle.
     """
     dummy = torch.zeros(2, channels, height, width)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(scorer.eval(), (dummy,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[SCORE_NAME, MAP_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "n"}, SCORE_NAME: {0: "n"}, MAP_NAME: {0: "n"}})
+                          input_names=[INPUT_NAME], output_names=[SCORE_NAME, MAP_NAME, FEATURES_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "n"}, SCORE_NAME: {0: "n"}, MAP_NAME: {0: "n"},
+                                        FEATURES_NAME: {0: "n"}})
 
 
 def model_spec(map_shape: tuple[int, int], opset: int, backbone: str, precision: str = "fp32") -> ModelSpec:
     return ModelSpec(file="model.onnx", input_name=INPUT_NAME, score_output=SCORE_NAME, map_output=MAP_NAME,
+                     features_output=FEATURES_NAME,
                      map_height=int(map_shape[0]), map_width=int(map_shape[1]), opset=opset,
                      precision=precision, backbone=backbone)
 
@@ -44,7 +49,7 @@ def check_parity(scorer: nn.Module, onnx_path: str | Path, images: np.ndarray, r
 
     Returns the measured figures (recorded in the manifest).
     """
-    t_scores, t_maps = scorer.eval()(torch.from_numpy(images))
+    t_scores, t_maps = scorer.eval()(torch.from_numpy(images))[:2]
     t_scores, t_maps = t_scores.numpy().astype(np.float64), t_maps.numpy().astype(np.float64)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     o_scores, o_maps = sess.run([SCORE_NAME, MAP_NAME], {INPUT_NAME: images})

@@ -52,7 +52,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 @dataclass
 class ModelSpec:
-    """The scoring graph. ``score_output``: ``float32 (N,)``; ``map_output``: ``float32 (N, map_height, map_width)``."""
+    """The scoring graph. ``score_output``: ``float32 (N,)``; ``map_output``: ``float32 (N, map_height, map_width)``;
+    ``features_output``: ``float32 (N, map_height * map_width, d)``, the patches in the density's space
+    (``""`` in bundles made before it existed)."""
 
     file: str = "model.onnx"
     input_name: str = "image"
@@ -63,6 +65,7 @@ class ModelSpec:
     opset: int = 17
     precision: str = "fp32"
     backbone: str = "lite0"
+    features_output: str = ""
 
 
 @dataclass

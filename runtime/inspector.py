@@ -97,7 +97,7 @@ class Inspector:
             raise BundleError(f"{where}: graph input shape {shape} does not match the manifest's [N, {want}]; "
                               "re-export the bundle")
         outs = {o.name for o in self.session.get_outputs()}
-        missing = {m.model.score_output, m.model.map_output} - outs
+        missing = {m.model.score_output, m.model.map_output, m.model.features_output} - outs - {""}
         if missing:
             raise BundleError(f"{where}: graph outputs {sorted(outs)} lack {sorted(missing)}; re-export the bundle")
 
@@ -107,6 +107,15 @@ class Inspector:
         m = self.bundle.manifest.model
         scores, maps = (session or self.session).run([m.score_output, m.map_output], {m.input_name: batch})
         return scores, maps
+
+    def patch_features(self, batch: np.ndarray) -> np.ndarray:
+        """Model inputs ``float32 (N, C, H, W)`` -> the patches in the density's space ``float32 (N, h*w, d)``
+        (row-major over the patch map). Raises :class:`BundleError` for bundles made before the graph had them."""
+        m = self.bundle.manifest.model
+        if not m.features_output:
+            raise BundleError(f"{self.bundle.path}: this bundle's graph does not output patch features (made by an "
+                              "older linewatch); re-export it with `linewatch export`")
+        return self.session.run([m.features_output], {m.input_name: batch})[0]
 
     def verdicts(self, sources: list[str], scores: np.ndarray, latencies_ms: list[float]) -> list[Verdict]:
         p = self.calibrator.p_values(scores)

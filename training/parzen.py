@@ -45,7 +45,8 @@ class ParzenDensity(nn.Module):
     """``forward(z)``: ``float32 (P, d)`` features -> ``float32 (P,)`` log-density in nats.
 
     Attributes:
-        bank: ``(M, d)`` kernel centres; log_weights: ``(M,)``; bandwidth: kernel std ``s``.
+        bank: ``(M, d)`` kernel centres; log_weights: ``(M,)``; bandwidth: kernel std ``s``;
+        kernel ``(d, M)`` and bias ``(M,)``: what the graph multiplies by (see the module docstring).
     """
 
     def __init__(self, bank: np.ndarray, bandwidth: float, weights: np.ndarray | None = None):
@@ -59,10 +60,15 @@ class ParzenDensity(nn.Module):
         self.bandwidth = float(bandwidth)
         self.dim = int(d)
         self.log_norm = float(-0.5 * d * math.log(2.0 * math.pi * bandwidth ** 2))
+        # The graph's two density parameters (named initialisers ``density.kernel`` / ``density.bias``,
+        # which the exporter moves to the bundle's ``density.bin`` so the runtime can swap the bank):
+        c = 0.5 / self.bandwidth ** 2
+        self.register_buffer("kernel", (bank_t * (2.0 * c)).T.contiguous())        # (d, M) = 2c mu^T
+        self.register_buffer("bias", self.log_weights - self.bank_sq * c)             # (M,) = log w - c |mu|^2
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         c = 0.5 / self.bandwidth ** 2
-        a = z @ (self.bank * (2.0 * c)).T + (self.log_weights - self.bank_sq * c)   # (P, M), one Gemm
+        a = z @ self.kernel + self.bias                                               # (P, M), one Gemm
         return _logsumexp_rows(a) - torch.sum(z * z, dim=1) * c + self.log_norm
 
 

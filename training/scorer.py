@@ -2,9 +2,12 @@
 
 ``PatchDensityScorer(x)``: model input ``float32 (N, C, H, W)`` -> level-1 patch features -> (optional)
 encoder to a higher representation level -> Parzen log-density ->
-``score`` ``float32 (N,)`` and ``patch_scores`` ``float32 (N, h, w)``, where a patch score is the
-negative log-density (nats) of the patch's feature and the image score is the mean of the ``top_k``
-largest patch scores (``top_k = 1``: the largest).
+``score`` ``float32 (N,)``, ``patch_scores`` ``float32 (N, h, w)`` and ``patch_features``
+``float32 (N, h*w, d)``, where a patch score is the negative log-density (nats) of the patch's
+feature and the image score is the mean of the ``top_k`` largest patch scores (``top_k = 1``: the
+largest). ``patch_features`` are the patches' coordinates in the density's space (the rows the
+Parzen bank is made of, row-major over the ``h x w`` map): the runtime uses them to adapt the bank
+and to find a flagged image's nearest training examples without torch.
 """
 from __future__ import annotations
 
@@ -28,9 +31,9 @@ class PatchDensityScorer(nn.Module):
         self.density = density
         self.top_k = int(top_k)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f = self.features(x)
         d, h, w = f.shape[1], f.shape[2], f.shape[3]
-        z = f.permute(0, 2, 3, 1).reshape(-1, d)
-        patch_scores = -self.density(self.encoder(z)).reshape(-1, h, w)
-        return image_score(patch_scores, self.top_k), patch_scores
+        z = self.encoder(f.permute(0, 2, 3, 1).reshape(-1, d))
+        patch_scores = -self.density(z).reshape(-1, h, w)
+        return image_score(patch_scores, self.top_k), patch_scores, z.reshape(-1, h * w, z.shape[1])
