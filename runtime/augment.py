@@ -2,16 +2,18 @@
 
 A bundle trained with ``configs/augment.yaml`` ships three things this module runs with onnxruntime:
 
-* ``chain_step.onnx``: one CAE chain step on level-1 *states* ``(N, D)`` (rows standardised by the
-  stack, ``state = (row - state_mean) / state_std``), see :mod:`linewatch.runtime.chain`;
-* ``augment_start.npz``: the full state maps ``(S, P, D)`` of ``S`` training images (``P = h * w``
-  patches, row-major), the standardisation ``state_mean``/``state_std`` ``(D,)`` and each map's index in
-  the training set;
+* ``chain_step.onnx``: one step of the top CAE's chain on *states* ``(N, D_state)`` at the level below
+  the top (level 1 = rows standardised by the stack, ``state = (row - state_mean) / state_std``; level
+  2 = first-CAE codes, ...), see :mod:`linewatch.runtime.chain`;
+* ``augment_start.npz``: the full state maps ``(S, P, D_state)`` of ``S`` training images (``P = h * w``
+  patches, row-major), the CAE decoder weights that take a state back down to level 1, the
+  standardisation ``state_mean``/``state_std`` ``(D,)`` and each map's index in the training set;
 * ``decoder.onnx``: level-1 rows ``(N, P, D)`` -> image ``(N, C, H, W)`` in [0, 1] (manifest ``decoder``).
 
 A sample starts from a random shipped map; all ``P`` patch states of the map run the chain jointly (one
 batch, independent noise per patch) for ``steps`` steps; the map is mapped back to level-1 rows and
-decoded. Its *nearest training image* is the shipped start map with the smallest patch-aligned RMS
+decoded. (With states above level 1 even ``steps = 0`` passes through the CAE decoders, so the start
+maps are compared after the same mapping.) Its *nearest training image* is the shipped start map with the smallest patch-aligned RMS
 distance in level-1 row space, ``sqrt(mean_p ||x_p - t_p||^2)`` (feature space, not pixels): the number
 of distinct nearest images over the samples measures how far the chains mix away from their starts.
 """
@@ -71,9 +73,9 @@ class Augmenter:
             raise BundleError(f"{where}: this bundle has no pixel decoder (decoder.onnx); {RETRAIN}")
         if not m.chain:
             raise BundleError(f"{where}: this bundle has no chain graph (no stack.widths); {RETRAIN}")
-        if "augment" not in m.decoder or int(m.chain.get("state_level", 0)) != 1:
-            raise BundleError(f"{where}: the chain runs on level-{m.chain.get('state_level')} states and no augment "
-                              f"start maps were shipped; augmentation needs the chain on level-1 states; {RETRAIN}")
+        if "augment" not in m.decoder:
+            raise BundleError(f"{where}: no augment start maps were shipped (the chain runs below the density, "
+                              f"not on the top CAE); {RETRAIN}")
         self.spec = m.decoder
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -85,11 +87,27 @@ class Augmenter:
             self.state_mean_ = z["state_mean"].astype(np.float32)      # (D,)
             self.state_std_ = z["state_std"].astype(np.float32)        # (D,)
             self.start_images_ = z["image_index"].astype(np.int64)     # (S,)
+            self.down_ = [(z[f"down_W_{k}"], z[f"down_c_{k}"], z[f"down_b_{k}"])
+                          for k in range(self.spec["augment"]["n_down_layers"])]
         self.start_rows_ = self.to_rows(self.start_maps_)
 
     def to_rows(self, states: np.ndarray) -> np.ndarray:
-        """Chain states ``(..., D)`` -> level-1 rows (the decoder's input space), same shape."""
-        return (states * self.state_std_ + self.state_mean_).astype(np.float32)
+        """Chain states ``(..., D_state)`` -> level-1 rows ``(..., D)`` (the decoder's input space): down
+        through the CAE decoders below the chain's level (sigmoid, the last one linear), then un-standardised."""
+        h = np.asarray(states, dtype=np.float32)
+        for k, (W, c, _b) in enumerate(self.down_):
+            a = h @ W + c
+            h = a if k == len(self.down_) - 1 else 1.0 / (1.0 + np.exp(-a))
+        return (h * self.state_std_ + self.state_mean_).astype(np.float32)
+
+    def to_states(self, rows: np.ndarray) -> np.ndarray:
+        """Level-1 rows ``(..., D)`` -> chain states ``(..., D_state)``: standardised, then up through the CAE
+        encoders below the chain's level (``sigmoid(h W^T + b)``). ``to_rows(to_states(rows))`` projects rows
+        the way every sample is projected (the identity for level-1 states)."""
+        h = (np.asarray(rows, dtype=np.float32) - self.state_mean_) / self.state_std_
+        for W, _c, b in reversed(self.down_):
+            h = 1.0 / (1.0 + np.exp(-(h @ W.T + b)))
+        return h.astype(np.float32)
 
     def decode(self, rows: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Level-1 rows ``(N, P, D)`` -> ``float32 (N, C, H, W)`` in [0, 1]."""
@@ -106,12 +124,15 @@ class Augmenter:
             x = self.chain.step(x, rng.standard_normal((x.shape[0], self.chain.spec["noise_dim"])).astype(np.float32))
         return x.reshape(n, p, d)
 
-    def sample(self, count: int, steps: int = 10, seed: int = 0, batch_maps: int = 32) -> AugmentSamples:
-        """``count`` new images after ``steps`` chain steps from random shipped training maps."""
+    def sample(self, count: int, steps: int = 10, seed: int = 0, batch_maps: int = 32,
+               start: np.ndarray | None = None) -> AugmentSamples:
+        """``count`` new images after ``steps`` chain steps from random shipped training maps (or from the
+        shipped maps ``start`` ``int (count,)``)."""
         if count < 1 or steps < 0:
             raise ValueError(f"need count >= 1 and steps >= 0, got count={count}, steps={steps}")
         rng = np.random.default_rng(seed)
-        start = rng.integers(0, self.start_maps_.shape[0], size=count)
+        drawn = rng.integers(0, self.start_maps_.shape[0], size=count)
+        start = drawn if start is None else np.asarray(start, dtype=np.int64)
         images, nearest, dist = [], [], []
         for i in range(0, count, batch_maps):
             rows = self.to_rows(self.run_chain(self.start_maps_[start[i:i + batch_maps]], steps, rng))

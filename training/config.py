@@ -81,10 +81,10 @@ class DecoderConfig:
     """
 
     enabled: bool = False            # train and ship decoder.onnx
-    width: int = 16                  # channels of the full-resolution stage (earlier stages: 2x, 4x, ... capped at 8x)
+    width: int = 8                   # channels of the last conv stage, at half resolution (earlier: 2x, 4x, ... up to 8x)
     epochs: int = 60
     learning_rate: float = 2e-3
-    batch_size: int = 16
+    batch_size: int = 8
     input_noise: float = 0.1         # std of Gaussian noise added to the input features while training (feature units)
     start_images: int = 16           # training images whose full state maps ship as augment start points
 

@@ -71,9 +71,11 @@ class DecoderExport:
 
     ``module`` maps level-1 rows ``(N, P, D)`` (whitened level-1 features when ``density.whiten``, see
     ``training/pixel_decoder.py``) to images ``(N, C, H, W)`` in [0, 1]. ``start_maps``
-    ``float32 (S, P, D)``: full maps of ``S`` training images (indices ``start_images`` into the training
-    set) in the chain's state space, ``state = (row - state_mean) / state_std``; ``None`` without a
-    chain on level-1 states.
+    ``float32 (S, P, D_state)``: full maps of ``S`` training images (indices ``start_images`` into the
+    training set) in the chain's state space at ``state_level`` (``None`` without a chain). A state goes
+    back to level-1 rows through the CAE decoders below it, ``down`` = ``[(W, c, b), ...]`` for stack layers
+    ``state_level - 1, ..., 1`` (``h <- sigmoid(h W + c)``, linear for layer 1), then
+    ``row = h * state_std + state_mean`` (the stack's standardisation, ``(D,)``).
     """
 
     module: PixelDecoder
@@ -82,6 +84,16 @@ class DecoderExport:
     start_images: np.ndarray | None = None   # int64 (S,)
     state_mean: np.ndarray | None = None     # float32 (D,)
     state_std: np.ndarray | None = None      # float32 (D,)
+    state_level: int = 1
+    down: list | None = None                 # [(W (D_k, D_{k-1}), c (D_{k-1},), b (D_k,)), ...] float32, top first
+
+    def rows_from_states(self, states: np.ndarray) -> np.ndarray:
+        """Chain states ``(..., D_state)`` -> level-1 rows ``(..., D)`` (numpy; what the runtime does too)."""
+        h = np.asarray(states, dtype=np.float32)
+        for k, (W, c, _b) in enumerate(self.down or []):
+            a = h @ W + c
+            h = a if k == len(self.down) - 1 else 1.0 / (1.0 + np.exp(-a))   # layer 1's decoder is linear
+        return (h * self.state_std + self.state_mean).astype(np.float32)
 
 
 @dataclass
@@ -251,16 +263,15 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
             f"{calibrator.alpha:g}; at least {calibrator.min_images_for_target_} are needed. "
             "The threshold is the highest calibration score.")
     chain = None
-    if rep is not None:   # at density level 1 the chain runs on the first CAE (level-1 states)
-        chain_level = max(level, 2)
+    if rep is not None:   # at density level 1 the chain runs on the top CAE (augmentation); else below the density
+        chain_level = level if level > 1 else len(config.stack.widths) + 1
         start = rep.encode(patches.reshape(-1, dim)[rng.choice(n * h * w, min(256, n * h * w), replace=False)],
                            chain_level - 1)
         chain = ChainExport(step=ChainStep(rep.stack_.layers[chain_level - 2], config.sampling.sigma).eval(),
                             start=start, level=chain_level)
     decoder = None
     if config.decoder.enabled:
-        decoder = _fit_decoder(patches, (h, w), images, rep if chain is not None and chain.level == 2 else None,
-                               config, say)
+        decoder = _fit_decoder(patches, (h, w), images, rep, chain.level - 1 if chain is not None else 1, config, say)
     say(f"final bank: {bank.centres.shape[0]} level-{level} codes from {n * h * w} patches"
         f"{' + ' + str(config.sampling.chain_samples) + ' chain samples' if config.sampling.chain_samples else ''}, "
         f"bandwidth {bandwidth:.4g}, threshold {calibrator.threshold_:.4g}")
@@ -279,10 +290,10 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
                           calibration_method=method, decoder=decoder)
 
 
-def _fit_decoder(rows: np.ndarray, map_shape: tuple[int, int], images: np.ndarray | None, rep,
+def _fit_decoder(rows: np.ndarray, map_shape: tuple[int, int], images: np.ndarray | None, rep, state_level: int,
                  config: TrainConfig, say: Progress) -> DecoderExport:
-    """Train the pixel decoder on level-1 rows ``(N, P, D)``; with ``rep`` (a stack whose first CAE drives
-    the chain), also pick the augment start maps in the chain's state space."""
+    """Train the pixel decoder on level-1 rows ``(N, P, D)``; with ``rep`` (the stack whose chain runs on
+    ``state_level`` states), also pick the augment start maps in the chain's state space."""
     if images is None or images.shape[0] != rows.shape[0]:
         raise ValueError("decoder.enabled needs the training images the maps came from (fit_detector passes them)")
     d = config.decoder
@@ -294,8 +305,11 @@ def _fit_decoder(rows: np.ndarray, map_shape: tuple[int, int], images: np.ndarra
     if rep is not None:
         n, p, dim = rows.shape
         idx = np.unique(np.linspace(0, n - 1, min(n, d.start_images)).round().astype(np.int64))
-        out.start_maps = rep.encode(rows[idx].reshape(-1, dim), 1).reshape(len(idx), p, dim)
+        out.start_maps = rep.encode(rows[idx].reshape(-1, dim), state_level).reshape(len(idx), p, -1)
         out.start_images, out.state_mean, out.state_std = idx, rep.mean_.copy(), rep.std_.copy()
+        out.state_level = int(state_level)
+        out.down = [tuple(t.detach().numpy().astype(np.float32).copy() for t in (layer.W, layer.c, layer.b))
+                    for layer in reversed(rep.stack_.layers[: state_level - 1])]
     return out
 
 
