@@ -1,12 +1,13 @@
 """What does `linewatch augment` produce? Decoder fidelity, sample diversity and distance to training images.
 
-Trains one bundle with ``configs/augment.yaml`` (level-1 density, one CAE of width 64 whose chain runs on
-level-1 states, pixel decoder) on a demo texture, then, with the runtime only (onnxruntime):
+Trains a bundle with ``configs/augment.yaml`` (level-1 density, CAEs of widths 64 and 32 whose top-layer
+chain runs on level-2 codes, pixel decoder) on a demo texture, and another with one CAE (widths [64]: the
+chain runs on level-1 states), then, with the runtime only (onnxruntime):
 
 1. decoder fidelity: mean absolute pixel error (pixels in [0, 1]) of decode(patch_features(image))
    against the image, for shipped training images and held-out good test images, against decoding
    another image's features and against the mean training image;
-2. samples after K chain steps (K = 0, 1, 5, 20, 100): distinct nearest training images (feature
+2. samples after K chain steps (K = 0, 1, 5, 20, 100, 500): distinct nearest training images (feature
    space, as `linewatch augment` prints), how many moved nearer another image than their start, the
    RMS level-1 distance to the nearest shipped training map, and the pixel distance to the nearest
    shipped training image; against held-out good images measured the same way;
@@ -39,7 +40,7 @@ from linewatch.training.demo_data import DemoSpec, build_texture
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-STEPS = (0, 1, 5, 20, 100)
+STEPS = (0, 1, 5, 20, 100, 500)
 
 
 def model_inputs_and_features(bundle: Bundle, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -112,14 +113,18 @@ def run_variant(cfg_dict: dict, widths: list[int], category: Path, spec: DemoSpe
     held_dec = aug.decode(held_feats)
     rows.append(("decodes of held-out good images", None, None, None, float(pixel_nearest(held_dec, train_px).mean())))
 
-    # 3. contact sheet: originals, decodes, samples from the same starts
-    n_cols, size = min(8, S), 96 if not args.quick else 64
-    starts = np.arange(n_cols)
-    grid = [thumbs(to_uint8(train_px[:n_cols]), size), thumbs(to_uint8(aug.decode(aug.start_rows_[:n_cols])), size)]
+    # 3. contact sheet: originals, decodes, samples from the same starts (spread over the shipped maps)
+    size = 80 if not args.quick else 64
+    starts = np.unique(np.linspace(0, S - 1, min(8, S)).round().astype(np.int64))
+    grid = [thumbs(to_uint8(train_px[starts]), size), thumbs(to_uint8(aug.decode(aug.start_rows_[starts])), size)]
     for k in (5, 20, 100):
-        grid.append(thumbs(aug.sample(n_cols, steps=k, seed=1, start=starts).images, size))
+        grid.append(thumbs(aug.sample(len(starts), steps=k, seed=1, start=starts).images, size))
+    sheet = contact_sheet(np.concatenate(grid), columns=len(starts))
+    grey = sheet.shape[-1] == 3 and int(np.abs(sheet.astype(np.int16) - sheet.mean(-1, keepdims=True)).max()) <= 12
+    if grey:   # the demo textures are grey: a one-channel PNG is a third of the size
+        sheet = sheet.mean(-1, keepdims=True).round().astype(np.uint8)
     sheet_path = out_dir / f"augment_sheet_{tag}.png"
-    write_png(sheet_path, contact_sheet(np.concatenate(grid), columns=n_cols))
+    write_png(sheet_path, sheet)
 
     m = bundle.manifest
     dec = m.decoder
@@ -151,7 +156,8 @@ def run_variant(cfg_dict: dict, widths: list[int], category: Path, spec: DemoSpe
         *["| " + " | ".join([r[0], *("" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v) for v in r[1:4]),
                             f"{r[4]:.4f}"]) + " |" for r in rows],
         "",
-        f"Contact sheet (`{sheet_path.name}`, {size}-px thumbnails, {sheet_path.stat().st_size / 1e3:.0f} KB): "
+        f"Contact sheet (`{sheet_path.name}`, {size}-px thumbnails{', in grey' if grey else ''}, "
+        f"{sheet_path.stat().st_size / 1e3:.0f} KB): "
         "row 1 training originals, row 2 their decodes (K = 0), rows 3-5 samples started from the same maps after "
         "K = 5, 20, 100 steps.",
         "",
@@ -168,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="64-px smoke run (results written to a temp folder)")
     ap.add_argument("--texture", default="brick", choices=["brick", "gravel", "grass"])
     ap.add_argument("--n-train", type=int, default=100, help="training crops (default 100)")
-    ap.add_argument("--variants", nargs="+", default=["64", "64,32"],
-                    help="stack widths to compare, comma-separated per variant (default: 64 and 64,32)")
+    ap.add_argument("--variants", nargs="+", default=["64,32", "64"],
+                    help="stack widths to compare, comma-separated per variant (default: 64,32 as in "
+                         "configs/augment.yaml, and 64)")
     ap.add_argument("--count", type=int, default=32, help="samples per number of steps (default 32)")
     ap.add_argument("--data", default="/tmp/linewatch-bench-data/augment")
     ap.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1: best on a shared machine)")
