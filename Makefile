@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-nodeps.txt
 
-.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-augment
+.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-augment bench-robustness
 
 help:
 	@echo "make demo      build the demo textures, train, inspect, print accuracy (creates .venv)"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench-accuracy  linewatch vs baselines vs anomalib (builds the anomalib env in bench/peers/.venv)"
 	@echo "make bench-ablation / bench-few-shot / bench-paper   re-measure bench/results/*.md"
 	@echo "make bench-latency   latency, throughput, cold start, size vs torch, anomalib and the floor (bench/results/latency.md)"
+	@echo "make bench-robustness  bad images and damaged/tampered bundles and what linewatch does (bench/results/robustness.md)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +66,10 @@ bench-accuracy: $(STAMP) $(PEER_STAMP)
 # Run it on an otherwise idle machine: every configuration is timed in its own pinned process.
 bench-latency: $(STAMP) $(PEER_STAMP)
 	$(PY) bench/latency.py
+
+# Trains two small bundles (about a minute), then rewrites the generated tables of robustness.md.
+bench-robustness: $(STAMP)
+	$(PY) bench/robustness.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

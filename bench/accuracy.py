@@ -73,6 +73,9 @@ LINEWATCH_VARIANTS: dict[str, dict] = {
     "linewatch top layer + chain samples, not whitened": {"stack": STACK, "density": {"level": 3, **RAW},
                                                           "sampling": {"chain_samples": 2048, "sigma": 0.2}},
     "linewatch level 1, strides 8+16, not whitened": {"model": {"feature_strides": [8, 16]}, "density": RAW},
+    # smaller graphs, for the latency targets (bench/results/latency.md): fewer kernel centres, a smaller input
+    "linewatch default, bank 1024": {"density": {"bank_size": 1024}},
+    "linewatch default, 160 px input": {"model": {"image_size": 160}},
 }
 FEATURE_BASELINES: dict[str, Callable] = {
     "kNN patch distance (PatchCore-like)": KnnPatchDistance,

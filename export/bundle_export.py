@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -11,6 +11,7 @@ from ..runtime.bundle import Bundle, Calibration, Decision, Manifest, write_bund
 from ..training.config import TrainConfig
 from ..training.fit import FittedDetector
 from .density_file import externalize_density
+from .gallery import attach_gallery
 from .onnx_export import (CHAIN_NEXT, CHAIN_NOISE, CHAIN_STATE, DECODER_INPUT, DECODER_OUTPUT, check_chain_parity,
                           check_decoder_parity, check_parity, export_chain_step, export_decoder, export_scorer,
                           model_spec)
@@ -42,8 +43,11 @@ def build_manifest(det: FittedDetector, config: TrainConfig, parity: dict[str, A
 
 def export_bundle(det: FittedDetector, out: str | Path, parity_images: np.ndarray, config: TrainConfig,
                   training_data: dict[str, Any], lineage: dict[str, Any] | None = None,
-                  overwrite: bool = False) -> Bundle:
+                  overwrite: bool = False, gallery_images: Sequence[tuple[str, bytes]] = ()) -> Bundle:
     """Export the graph, check torch/onnxruntime parity on ``parity_images`` ``(N, C, H, W)``, write the bundle.
+
+    ``gallery_images``: ``(name, encoded bytes)`` of good training images for the audit gallery
+    (:mod:`linewatch.export.gallery`); none = no gallery.
 
     Raises ``ParityError`` (and writes nothing) when the parity check fails.
     """
@@ -59,6 +63,7 @@ def export_bundle(det: FittedDetector, out: str | Path, parity_images: np.ndarra
             files.update(_export_chain(det, config, Path(tmp), manifest))
         if det.decoder is not None:   # a class default, so older checkpoints read None
             files.update(_export_decoder(det, config, Path(tmp), manifest))
+        attach_gallery(files, manifest, gallery_images, onnx_path, config)
         return write_bundle(out, manifest, files, overwrite=overwrite)
 
 

@@ -40,7 +40,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -51,6 +51,7 @@ from ..training.config import TrainConfig
 from ..training.fit import SPLIT_CONFORMAL, FittedDetector
 from ..training.metrics import auroc, spearman
 from .bundle_export import _export_chain, _export_decoder, build_manifest, separate_density
+from .gallery import attach_gallery
 from .onnx_export import INPUT_NAME, MAP_NAME, SCORE_NAME, check_parity, export_scorer
 from .quantize import quantize_scorer
 
@@ -185,8 +186,10 @@ def export_int8_bundle(det: FittedDetector, out: str | Path, parity_images: np.n
                        training_data: dict[str, Any], inputs: Int8Inputs, lineage: dict[str, Any] | None = None,
                        overwrite: bool = False, max_auroc_drop: float = MAX_AUROC_DROP,
                        min_spearman: float = MIN_SPEARMAN, threads: int = 1,
-                       progress: Callable[[str], None] | None = None) -> Bundle:
-    """Quantise, gate, recalibrate and write an int8 bundle to ``out``.
+                       progress: Callable[[str], None] | None = None,
+                       gallery_images: Sequence[tuple[str, bytes]] = ()) -> Bundle:
+    """Quantise, gate, recalibrate and write an int8 bundle to ``out`` (``gallery_images``: see
+    :func:`~linewatch.export.bundle_export.export_bundle`).
 
     Raises ``ParityError`` (fp32 graph vs torch) or :class:`QuantizationGateError`; either way
     nothing is written. ``threads``: onnxruntime threads for scoring (0 = all cores).
@@ -224,4 +227,5 @@ def export_int8_bundle(det: FittedDetector, out: str | Path, parity_images: np.n
             files.update(_export_chain(det, config, Path(tmp), manifest))
         if det.decoder is not None:
             files.update(_export_decoder(det, config, Path(tmp), manifest))
+        attach_gallery(files, manifest, gallery_images, int8_path, config)
         return write_bundle(out, manifest, files, overwrite=overwrite)

@@ -60,9 +60,11 @@ def export_checkpoint(ckpt: Checkpoint, out: str | Path, int8: bool = False, ove
     k = cfg.export.parity_images
     parity = test_x[spread(len(test_x), k)] if len(test_x) else train_x[:k]
     lineage = {"checkpoint": str(ckpt.path) if ckpt.path else None}
+    gallery = [(s.name, s.data) for s in ckpt.train_images]     # thumbnails for `linewatch audit`
     if not int8:
         say("exporting to ONNX and checking parity with onnxruntime")
-        bundle = export_bundle(det, out, parity, cfg, ckpt.training_data, lineage, overwrite=overwrite)
+        bundle = export_bundle(det, out, parity, cfg, ckpt.training_data, lineage, overwrite=overwrite,
+                               gallery_images=gallery)
     else:
         val_x, _ = _decode(ckpt, "validation", say)
         if len(test_x):
@@ -82,7 +84,8 @@ def export_checkpoint(ckpt: Checkpoint, out: str | Path, int8: bool = False, ove
                                     overwrite=overwrite, threads=cfg.threads or 0, progress=say,
                                     max_auroc_drop=int8_bundle.MAX_AUROC_DROP if max_auroc_drop is None
                                     else max_auroc_drop,
-                                    min_spearman=int8_bundle.MIN_SPEARMAN if min_spearman is None else min_spearman)
+                                    min_spearman=int8_bundle.MIN_SPEARMAN if min_spearman is None else min_spearman,
+                                    gallery_images=gallery)
     m = bundle.manifest
     summary: dict[str, Any] = {
         "bundle": str(out), "bundle_id": bundle.id, "precision": m.model.precision,

@@ -23,6 +23,13 @@ def _version() -> str:
         return "0.0.0+unknown"
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from linewatch.jobs.train import run_train
 
@@ -43,11 +50,39 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from linewatch.runtime.inspect_run import run_inspection
     from linewatch.runtime.inspector import Inspector
+    from linewatch.runtime.preprocess import DEFAULT_MAX_PIXELS
 
-    inspector = Inspector(args.bundle, threads=args.threads)
+    inspector = Inspector(args.bundle, threads=args.threads, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
     summary = run_inspection(inspector, args.source, args.out, batch_size=args.batch_size,
                              heatmaps=not args.no_heatmaps, progress=_say)
     print(json.dumps(summary.to_dict()))
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from linewatch.runtime.bundle import Bundle
+    from linewatch.runtime.signing import KEY_ENV, VERIFIED, sign_bundle
+
+    if args.check:
+        bundle = Bundle.load(args.bundle)
+        if bundle.signature != VERIFIED:
+            raise RuntimeError(f"{args.bundle}: {KEY_ENV} is not set, so the signature cannot be checked; set it to "
+                               "the signing key and run again")
+        print(json.dumps({"bundle": str(bundle.path), "id": bundle.id, "signature": bundle.signature}))
+        return 0
+    sig = sign_bundle(args.bundle)
+    _say(f"signed {args.bundle}: {sig}")
+    print(json.dumps({"bundle": str(args.bundle), "signature_file": str(sig), "signature": "written"}))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from linewatch.runtime.audit import write_report
+
+    summary = write_report(args.results, args.bundle, args.out, limit=args.limit or None, recent=args.recent,
+                           threads=args.threads, progress=_say)
+    _say(f"report written: {summary['out']} ({summary['bytes'] / 1e6:.2f} MB, {summary['shown']} flagged images)")
+    print(json.dumps(summary))
     return 0
 
 
@@ -116,7 +151,40 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per model call (default 8)")
     i.add_argument("--threads", type=int, default=0, metavar="N", help="onnxruntime threads (default 0 = all cores)")
     i.add_argument("--no-heatmaps", action="store_true", help="do not write heat-map overlays")
+    i.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+                   help="refuse images whose header declares more than N pixels (width x height) before decoding "
+                        "them; the record gets an error and the run goes on (default 268435456 = 16384 x 16384)")
     i.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("sign", help="sign a bundle with the key in LINEWATCH_BUNDLE_KEY (HMAC-SHA256), or check it",
+                       description="Check a bundle's files against its manifest, then write BUNDLE/manifest.sig: the "
+                                   "HMAC-SHA256 of manifest.json (which lists every file's sha256) under the key in "
+                                   "LINEWATCH_BUNDLE_KEY ('hex:' followed by hex digits, or any other text used as its "
+                                   "UTF-8 bytes; at least 16 bytes). Where the key is set, loading a bundle that is "
+                                   "unsigned or whose signature does not match is refused; `train` and `export` sign "
+                                   "the bundles they write. Without the key set, signatures are not checked.")
+    s.add_argument("--bundle", required=True, metavar="BUNDLE", help="bundle folder to sign")
+    s.add_argument("--check", action="store_true", help="verify the bundle and its signature instead of signing")
+    s.set_defaults(func=cmd_sign)
+
+    a = sub.add_parser("audit", help="one self-contained HTML report to review flagged images (edge runtime, no torch)",
+                       description="Write one HTML file (images inline, no network: it opens from a USB stick) for the "
+                                   "results of `linewatch inspect`: counts, a score histogram, score drift against the "
+                                   "bundle's calibration (PSI, KS), and per flagged image (highest score first) the heat "
+                                   "map, score, threshold, p-value and the nearest good training images. Review in the "
+                                   "browser with the keyboard (j/k move, d defect, g good = false alarm, u undo, e "
+                                   "export) and export verdicts.jsonl for `linewatch retrain`. A JSON summary goes to "
+                                   "stdout.")
+    a.add_argument("--results", required=True, metavar="DIR", help="the --out folder of `linewatch inspect` (results.jsonl)")
+    a.add_argument("--bundle", required=True, metavar="BUNDLE",
+                   help="the bundle folder that inspected them (its id must match the results' bundle field)")
+    a.add_argument("--out", required=True, metavar="HTML", help="report file to write, e.g. report.html")
+    a.add_argument("--limit", type=int, default=200, metavar="N",
+                   help="at most N flagged images in the report, highest scores first (default 200; 0 = all)")
+    a.add_argument("--recent", type=int, default=200, metavar="N",
+                   help="drift compares the N most recent scores with the calibration scores (default 200)")
+    a.add_argument("--threads", type=int, default=1, metavar="N", help="onnxruntime threads (default 1)")
+    a.set_defaults(func=cmd_audit)
 
     d = sub.add_parser("demo", help="build the demo textures, train, inspect and report accuracy",
                        description="Builds the built-in demo data (scikit-image textures with defect-synthesis "

@@ -8,8 +8,11 @@ A bundle is a folder::
       ...             further files listed in the manifest (e.g. later graphs)
 
 Every file except ``manifest.json`` is listed in ``manifest["files"]`` with its sha256 and size and
-is verified on load. Bundles are written to a temporary sibling folder and renamed into place, so a
-reader never sees a partial bundle.
+is verified on load. ``manifest.sha256`` holds the sha256 of the manifest's bytes, so a damaged
+manifest is refused too (bundles written before it existed load without it). With the key
+``LINEWATCH_BUNDLE_KEY`` set, ``manifest.sig`` must hold the manifest's HMAC (:mod:`.signing`).
+Bundles are written to a temporary sibling folder and renamed into place, so a reader never sees a
+partial bundle.
 """
 from __future__ import annotations
 
@@ -24,10 +27,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import signing
 from .preprocess import InputSpec
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MANIFEST_DIGEST_NAME = "manifest.sha256"
 BUNDLE_FORMAT = "linewatch-bundle"
 
 
@@ -110,6 +115,8 @@ class Manifest:
     quantization: dict[str, Any] = field(default_factory=dict)
     # pixel decoder (decoder.onnx: level-1 rows -> image in [0, 1]) and augment start maps; empty without one
     decoder: dict[str, Any] = field(default_factory=dict)
+    # thumbnails + representations of good training images for `linewatch audit` (gallery.npz; empty without one)
+    gallery: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     format: str = BUNDLE_FORMAT
@@ -151,6 +158,7 @@ class Manifest:
                 chain=dict(d.get("chain", {})),
                 quantization=dict(d.get("quantization", {})),
                 decoder=dict(d.get("decoder", {})),
+                gallery=dict(d.get("gallery", {})),
                 files=dict(d["files"]),
                 schema_version=version,
                 format=d["format"],
@@ -165,15 +173,21 @@ class Manifest:
 
 @dataclass
 class Bundle:
-    """A verified bundle on disk. Use :meth:`load`; ``id`` is the manifest's sha256 (first 16 hex digits)."""
+    """A verified bundle on disk. Use :meth:`load`; ``id`` is the manifest's sha256 (first 16 hex digits);
+    ``signature`` is ``"verified"``, ``"none"`` or ``"present, not checked (...)"`` (:mod:`.signing`)."""
 
     path: Path
     manifest: Manifest
     id: str
+    signature: str = signing.UNSIGNED
 
     @classmethod
-    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
-        """Read ``manifest.json`` and, with ``verify``, check every listed file's size and sha256."""
+    def load(cls, path: str | os.PathLike, verify: bool = True, check_signature: bool = True) -> "Bundle":
+        """Read ``manifest.json`` and, with ``verify``, check every listed file's size and sha256.
+
+        With ``check_signature`` and ``LINEWATCH_BUNDLE_KEY`` set, the manifest's signature is checked
+        before anything in it is read; a missing or wrong one is refused (:mod:`.signing`).
+        """
         root = Path(path)
         mpath = root / MANIFEST_NAME
         if not root.is_dir():
@@ -181,25 +195,49 @@ class Bundle:
         if not mpath.is_file():
             raise BundleError(f"{root}: {MANIFEST_NAME} is missing; this is not a complete linewatch bundle")
         raw = mpath.read_bytes()
+        status = signing.UNSIGNED
+        if check_signature:
+            try:
+                key = signing.key_from_env()
+            except signing.SigningError as exc:
+                raise BundleError(f"{root}: cannot check the bundle's signature: {exc}") from exc
+            try:
+                status = signing.check_signature(root, raw, key)
+            except signing.SigningError as exc:
+                raise BundleError(str(exc)) from exc
         try:
             data = json.loads(raw)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:   # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
             raise BundleError(f"{mpath}: not valid JSON ({exc}); the bundle is damaged, copy it again") from exc
         manifest = Manifest.from_dict(data, where=str(mpath))
+        digest = root / MANIFEST_DIGEST_NAME
+        if digest.is_file() and digest.read_bytes().strip() != hashlib.sha256(raw).hexdigest().encode():
+            raise BundleError(f"{mpath}: checksum mismatch with {MANIFEST_DIGEST_NAME}; the manifest was changed or "
+                              "damaged in transit; copy the bundle again from its source")
         if manifest.model.file not in manifest.files:
             raise BundleError(f"{mpath}: the model file {manifest.model.file!r} is not listed under files")
         if verify:
             for name, info in manifest.files.items():
                 f = root / name
+                if Path(name).is_absolute() or ".." in Path(name).parts or not isinstance(info, dict):
+                    raise BundleError(f"{mpath}: the listed file {name!r} is outside the bundle folder or has no "
+                                      "checksum; the manifest is damaged or forged, copy the bundle again from its source")
                 if not f.is_file():
                     raise BundleError(f"{root}: file {name!r} listed in the manifest is missing; copy the whole bundle folder")
                 if f.stat().st_size != info.get("bytes") or sha256_file(f) != info.get("sha256"):
                     raise BundleError(f"{f}: checksum mismatch with the manifest; the file was changed or damaged "
                                       "in transit; copy the bundle again from its source")
-        return cls(path=root, manifest=manifest, id=hashlib.sha256(raw).hexdigest()[:16])
+        return cls(path=root, manifest=manifest, id=hashlib.sha256(raw).hexdigest()[:16], signature=status)
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+
+def seal_manifest(root: str | os.PathLike) -> Path:
+    """Write ``root/manifest.sha256``: the sha256 (hex) of ``root/manifest.json`` as it is now."""
+    path = Path(root) / MANIFEST_DIGEST_NAME
+    path.write_text(sha256_file(Path(root) / MANIFEST_NAME) + "\n")
+    return path
 
 
 def umask_mode(mode: int) -> int:
@@ -214,12 +252,18 @@ def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, st
                  overwrite: bool = False) -> Bundle:
     """Write a bundle atomically: files go to a temporary sibling folder that is renamed to ``out``.
 
+    Writes ``manifest.sha256`` and, when ``LINEWATCH_BUNDLE_KEY`` is set, signs the manifest.
+
     Args:
         out: destination folder (must not exist unless ``overwrite``).
         manifest: its ``files`` entry is filled in here.
         files: name -> source path (copied) or bytes.
     """
     out = Path(out)
+    try:
+        key = signing.key_from_env()
+    except signing.SigningError as exc:
+        raise BundleError(f"{out}: not written: {exc}") from exc
     if out.exists() and not overwrite:
         raise BundleError(f"{out}: already exists; choose another --out or remove it first")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -239,6 +283,9 @@ def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, st
             json.dump(manifest.to_dict(), f, indent=2)
             f.flush()
             os.fsync(f.fileno())
+        seal_manifest(tmp)
+        if key is not None:
+            signing.write_signature(tmp, key, MANIFEST_NAME)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)

@@ -130,7 +130,7 @@ class Inspector:
     def inspect_image(self, image: np.ndarray, source: str = "<array>") -> tuple[Verdict, np.ndarray]:
         """A decoded image -> (verdict, patch-score map ``(h, w)``)."""
         t0 = time.perf_counter()
-        x = preprocess(image, self.spec)[None]
+        x = preprocess(image, self.spec, source=source)[None]
         scores, maps = self.score_batch(x)
         return self.verdicts([source], scores, [1000 * (time.perf_counter() - t0)])[0], maps[0]
 
@@ -141,9 +141,10 @@ class Inspector:
         try:
             data = Path(path).read_bytes()
             img = decode_image(data, source=src, max_pixels=self.max_pixels)
-            preprocess(img, self.spec, out=out)
+            preprocess(img, self.spec, out=out, source=src)
         except OSError as exc:
-            return src, self.error_verdict(src, f"{src}: cannot be read ({exc.strerror or exc})"), 0.0
+            return src, self.error_verdict(src, f"{src}: cannot be read ({exc.strerror or exc}); check the path, "
+                                                "permissions and the disk"), 0.0
         except ImageError as exc:
             return src, self.error_verdict(src, str(exc)), 0.0
         return src, img, 1000 * (time.perf_counter() - t0)

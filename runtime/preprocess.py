@@ -19,10 +19,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .image_header import HeaderError, read_header
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # Decoding more pixels than this is refused before the pixel data is decoded (a 16k x 16k frame).
 DEFAULT_MAX_PIXELS = 16384 * 16384
+
+# An image is refused when reaching the model input would enlarge it more than this on either side
+# (a 4x4 thumbnail for a 64 px model, a 20 px crop for 224 px): its verdict would say nothing.
+MAX_ENLARGEMENT = 8
 
 
 class ImageError(ValueError):
@@ -77,7 +83,7 @@ class InputSpec:
 
 
 def _describe(source: str | os.PathLike | None) -> str:
-    return f"{source}" if source is not None else "<bytes>"
+    return f"{source}" if source is not None else "<image>"
 
 
 def decode_image(data: bytes | bytearray | memoryview, source: str | os.PathLike | None = None,
@@ -86,21 +92,43 @@ def decode_image(data: bytes | bytearray | memoryview, source: str | os.PathLike
 
     Returns ``(H, W)``, ``(H, W, 3)`` BGR or ``(H, W, 4)`` BGRA, ``uint8`` or ``uint16``.
     Raises :class:`ImageError` naming ``source`` for empty, unreadable or unsupported data.
+
+    The format and size are read from the header first (:mod:`.image_header`): bytes of another
+    format, a header cut off before the size, or a size over ``max_pixels`` are refused before any
+    pixel is decoded. Palette images come out as BGR (BGRA with a transparency chunk), 1-bit images
+    as 0/255 grey, CMYK JPEG as BGR; EXIF orientation is not applied (as in training).
     """
     name = _describe(source)
     if len(data) == 0:
         raise ImageError(f"{name}: the file is empty (0 bytes); check the camera or copy step that wrote it")
+    try:
+        header = read_header(data)
+    except HeaderError as exc:
+        raise ImageError(f"{name}: not a readable image: {exc}; check the camera or copy step that wrote it, "
+                         "or re-export it as PNG or JPEG") from exc
+    if header.pixels > max_pixels:
+        raise ImageError(f"{name}: the {header.format} header declares {header.width}x{header.height} pixels, over "
+                         f"the limit of {max_pixels} (refused before decoding); downscale it, or raise the limit "
+                         "(`linewatch inspect --max-pixels`) if such frames are expected")
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:      # e.g. OpenCV's own pixel limit (CV_IO_MAX_IMAGE_PIXELS)
+        detail = str(exc).strip().splitlines()[-1][:200]
+        raise ImageError(f"{name}: OpenCV refused the {header.format} image ({detail}); re-export it as PNG or "
+                         "JPEG") from exc
     if img is None:
-        raise ImageError(f"{name}: not a readable PNG/JPEG/BMP/TIFF image ({len(data)} bytes; truncated or "
-                         "another format); re-export it as PNG or JPEG")
+        raise ImageError(f"{name}: not a readable {header.format} image: {header.width}x{header.height} declared but "
+                         f"the pixel data is truncated or damaged ({len(data)} bytes); check the camera or copy step "
+                         "that wrote it, or re-export it as PNG or JPEG")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
-        raise ImageError(f"{name}: unsupported image shape {img.shape}; expected grey, BGR or BGRA")
+        raise ImageError(f"{name}: unsupported image shape {img.shape}; expected grey, BGR or BGRA; "
+                         "re-export it as 8-bit grey, RGB or RGBA")
     if img.dtype not in (np.uint8, np.uint16):
-        raise ImageError(f"{name}: unsupported pixel type {img.dtype}; expected 8- or 16-bit integer pixels")
+        raise ImageError(f"{name}: unsupported pixel type {img.dtype}; expected 8- or 16-bit integer pixels; "
+                         "re-export it as 8- or 16-bit PNG")
     if img.shape[0] * img.shape[1] > max_pixels:
         raise ImageError(f"{name}: {img.shape[1]}x{img.shape[0]} pixels is over the limit of {max_pixels}; "
                          "downscale it before inspection")
@@ -146,7 +174,8 @@ def resize_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(img, (width, height), interpolation=interp)
 
 
-def preprocess(img: np.ndarray, spec: InputSpec, out: np.ndarray | None = None) -> np.ndarray:
+def preprocess(img: np.ndarray, spec: InputSpec, out: np.ndarray | None = None,
+               source: str | os.PathLike | None = None) -> np.ndarray:
     """Turn a decoded image into the model input ``float32 (C, H, W)`` described by ``spec``.
 
     Args:
@@ -154,6 +183,10 @@ def preprocess(img: np.ndarray, spec: InputSpec, out: np.ndarray | None = None) 
         spec: the bundle's input specification.
         out: optional preallocated ``float32 (C, H, W)`` array to write into (e.g. one row of a batch
             buffer that is reused from batch to batch).
+        source: the file name to put in error messages.
+
+    Raises :class:`ImageError` when the image is more than :data:`MAX_ENLARGEMENT` times smaller
+    than the model input on either side.
 
     The arithmetic is, per pixel and in float32: ``x = pixel * (1 / 255)`` (``1 / 65535`` for 16 bit),
     resized if the size differs, then ``(x - mean) * (1 / std)``. It is done one channel plane at a
@@ -165,6 +198,11 @@ def preprocess(img: np.ndarray, spec: InputSpec, out: np.ndarray | None = None) 
         out = np.empty(shape, dtype=np.float32)
     elif out.shape != shape or out.dtype != np.float32:
         raise ValueError(f"preprocess: out must be float32 {shape}, got {out.dtype} {out.shape}")
+    h, w = img.shape[:2]
+    if h * MAX_ENLARGEMENT < spec.height or w * MAX_ENLARGEMENT < spec.width:
+        raise ImageError(f"{_describe(source)}: {w}x{h} pixels is far smaller than the model input "
+                         f"{spec.width}x{spec.height} (more than {MAX_ENLARGEMENT}x enlargement); check the camera's "
+                         "region of interest or crop, or use a bundle trained at a smaller image_size")
     x = convert_channels(img, spec.color_order)
     scale: np.float32 | None = np.float32(1.0 / (65535.0 if x.dtype == np.uint16 else 255.0))
     if x.shape[:2] != (spec.height, spec.width):
@@ -185,7 +223,7 @@ def preprocess(img: np.ndarray, spec: InputSpec, out: np.ndarray | None = None) 
 
 def load_for_model(path: str | os.PathLike, spec: InputSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """``read_image`` then ``preprocess``: ``float32 (C, H, W)``."""
-    return preprocess(read_image(path, max_pixels=max_pixels), spec)
+    return preprocess(read_image(path, max_pixels=max_pixels), spec, source=path)
 
 
 def display_bgr(img: np.ndarray) -> np.ndarray:
@@ -198,7 +236,7 @@ def display_bgr(img: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "ImageError", "InputSpec", "decode_image", "read_image",
+    "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "MAX_ENLARGEMENT", "ImageError", "InputSpec", "decode_image", "read_image",
     "to_unit_float", "convert_channels", "resize_to", "preprocess", "load_for_model", "display_bgr",
 ]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from linewatch.runtime.bundle import (SCHEMA_VERSION, Bundle, BundleError, Calibration, Decision, Manifest,
-                                      ModelSpec, write_bundle)
+                                      ModelSpec, seal_manifest, write_bundle)
 from linewatch.runtime.inspector import Inspector
 from linewatch.runtime.preprocess import InputSpec
 
@@ -61,6 +61,7 @@ def test_graph_that_does_not_match_manifest_is_refused(small_bundle, tmp_path):
     m = json.loads((copy / "manifest.json").read_text())
     m["input"]["height"] = m["input"]["width"] = 96
     (copy / "manifest.json").write_text(json.dumps(m))
+    seal_manifest(copy)              # an edit that keeps the manifest digest consistent
     with pytest.raises(BundleError, match="does not match the manifest"):
         Inspector(copy)
 

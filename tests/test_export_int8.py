@@ -89,6 +89,7 @@ def test_int8_export_gates_recalibrates_and_records(ckpt, tmp_path, loose_gate):
     assert q["int8_model_bytes"] < q["fp32_model_bytes"]
     assert summary["bundle_bytes"] <= 5e6
     assert any("bundle written" in s and "MB" in s for s in said)        # the size is reported
+    assert m.gallery["count"] > 0 and "gallery.npz" in m.files           # the audit gallery ships in int8 bundles too
     # the graph: late backbone convolutions in QDQ, the density (the bank product) left in fp32
     g = onnx.load(str(tmp_path / "b8" / "model.onnx")).graph
     ops = {n.op_type for n in g.node}

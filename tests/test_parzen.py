@@ -51,3 +51,16 @@ def test_coreset_covers_every_cluster_and_weights_follow_mass():
     w = coverage_weights(x, picked)
     mass = [w[np.linalg.norm(picked - c, axis=1) < 6].sum() for c in centres]
     np.testing.assert_allclose(mass, np.array(sizes) / sum(sizes), atol=0.01)
+
+
+def test_density_pickled_before_the_graph_parameters_existed_still_scores():
+    """Checkpoints of earlier versions hold ParzenDensity objects without kernel/bias buffers."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    dens = ParzenDensity(rng.normal(size=(20, 3)).astype(np.float32), 0.8)
+    z = torch.from_numpy(rng.normal(size=(5, 3)).astype(np.float32))
+    want = dens(z)
+    del dens._buffers["kernel"], dens._buffers["bias"]
+    old = pickle.loads(pickle.dumps(dens))
+    assert torch.allclose(old(z), want)

@@ -198,7 +198,7 @@ def decode_stored(images: list[StoredImage], spec: InputSpec) -> tuple[np.ndarra
     arrays, labels, errors = [], [], []
     for s in images:
         try:
-            arrays.append(preprocess(decode_image(s.data, source=s.name), spec))
+            arrays.append(preprocess(decode_image(s.data, source=s.name), spec, source=s.name))
             labels.append(s.label)
         except ImageError as exc:
             errors.append(str(exc))

@@ -107,6 +107,8 @@ class ExportConfig:
     parity_atol: float = 1e-3               # ... + atol, for every image score
     int8: bool = False                      # int8 bundle: static QDQ quantisation (late backbone layers) + accuracy gate
     int8_calibration_images: int = 32       # training images that calibrate the int8 activation ranges
+    gallery_images: int = 64                # thumbnails of training images in the bundle for `linewatch audit` (0 = none)
+    gallery_max_bytes: int = 300_000        # the gallery file's size budget in bytes
 
 
 @dataclass
@@ -160,6 +162,8 @@ class TrainConfig:
             raise ConfigError("density.bank_size must be at least 16")
         if self.export.int8_calibration_images < 1:
             raise ConfigError("export.int8_calibration_images must be at least 1")
+        if self.export.gallery_images < 0 or self.export.gallery_max_bytes < 0:
+            raise ConfigError("export.gallery_images and export.gallery_max_bytes must be >= 0 (0 = no gallery)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

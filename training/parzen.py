@@ -60,11 +60,19 @@ class ParzenDensity(nn.Module):
         self.bandwidth = float(bandwidth)
         self.dim = int(d)
         self.log_norm = float(-0.5 * d * math.log(2.0 * math.pi * bandwidth ** 2))
-        # The graph's two density parameters (named initialisers ``density.kernel`` / ``density.bias``,
-        # which the exporter moves to the bundle's ``density.bin`` so the runtime can swap the bank):
+        self._set_graph_parameters()
+
+    def _set_graph_parameters(self) -> None:
+        """The graph's two density parameters (named initialisers ``density.kernel`` / ``density.bias``,
+        which the exporter moves to the bundle's ``density.bin`` so the runtime can swap the bank)."""
         c = 0.5 / self.bandwidth ** 2
-        self.register_buffer("kernel", (bank_t * (2.0 * c)).T.contiguous())        # (d, M) = 2c mu^T
+        self.register_buffer("kernel", (self.bank * (2.0 * c)).T.contiguous())      # (d, M) = 2c mu^T
         self.register_buffer("bias", self.log_weights - self.bank_sq * c)             # (M,) = log w - c |mu|^2
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "kernel" not in self._buffers:      # unpickled from a checkpoint written before these existed
+            self._set_graph_parameters()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         c = 0.5 / self.bandwidth ** 2
