@@ -124,7 +124,7 @@ class Augmenter:
             x = self.chain.step(x, rng.standard_normal((x.shape[0], self.chain.spec["noise_dim"])).astype(np.float32))
         return x.reshape(n, p, d)
 
-    def sample(self, count: int, steps: int = 10, seed: int = 0, batch_maps: int = 32,
+    def sample(self, count: int, steps: int = 20, seed: int = 0, batch_maps: int = 32,
                start: np.ndarray | None = None) -> AugmentSamples:
         """``count`` new images after ``steps`` chain steps from random shipped training maps (or from the
         shipped maps ``start`` ``int (count,)``)."""
@@ -168,7 +168,7 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
         raise OSError(f"{path}: could not write the PNG (is the folder writable?)")
 
 
-def run_augment(bundle: str | os.PathLike, count: int, out: str | os.PathLike, steps: int = 10, seed: int = 0,
+def run_augment(bundle: str | os.PathLike, count: int, out: str | os.PathLike, steps: int = 20, seed: int = 0,
                 threads: int = 0, progress: Callable[[str], None] | None = None) -> dict:
     """``linewatch augment``: write ``count`` PNGs ``OUT/augment_0000.png ...`` and ``OUT/contact_sheet.png``.
     Returns the JSON summary (files, nearest training images, ``distinct_nearest_training_images``)."""
