@@ -62,7 +62,7 @@ class ChainExport:
 
     step: ChainStep
     start: np.ndarray                # float32 (S, D_state): codes at level - 1 of random training patches
-    level: int                       # the density level the chain's samples are encoded to (>= 2)
+    level: int                       # the level samples are encoded to: density.level if >= 2, else the top + 1
 
 
 @dataclass
