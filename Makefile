@@ -4,9 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
-DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-nodeps.txt
+DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-scale.txt requirements-nodeps.txt
 
-.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-augment bench-robustness
+.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-robustness bench-service bench-soak bench-scale bench-augment
 
 help:
 	@echo "make demo      build the demo textures, train, inspect, print accuracy (creates .venv)"
@@ -14,16 +14,21 @@ help:
 	@echo "make test-all  the whole suite, slow tests included"
 	@echo "make bench-accuracy  linewatch vs baselines vs anomalib (builds the anomalib env in bench/peers/.venv)"
 	@echo "make bench-ablation / bench-few-shot / bench-paper   re-measure bench/results/*.md"
+	@echo "make bench-scale     archive scoring images/s, one process vs Ray workers (bench/results/scale.md)"
 	@echo "make bench-latency   latency, throughput, cold start, size vs torch, anomalib and the floor (bench/results/latency.md)"
 	@echo "make bench-robustness  bad images and damaged/tampered bundles and what linewatch does (bench/results/robustness.md)"
+	@echo "make bench-service   linewatch serve under load at concurrency 1, 4, 16 (bench/results/service.md)"
+	@echo "make bench-soak      linewatch serve for 10 minutes at 20 requests/s: errors, p99, RSS growth (bench/results/soak.md)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned through constraints.txt (the 2.13.0 CPU wheel); the three --no-deps packages
-# declare dependencies they never import (see requirements-train.txt).
+# declare dependencies they never import (see requirements-train.txt). The `scale` extra (Ray core) is
+# installed because the default suite checks the Ray engines against the single-process ones
+# (tests/test_scale.py, skipped where ray is absent).
 $(STAMP): $(PY) $(DEPS)
-	$(PIP) install -q -c constraints.txt -e '.[train,test]'
+	$(PIP) install -q -c constraints.txt -e '.[train,test,scale]'
 	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
@@ -37,6 +42,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# Archive scoring images/s: one process vs Ray with 1 and 2 workers, and the identical-results check.
+bench-scale: $(STAMP)
+	$(PY) bench/scale.py
 
 bench-ablation: $(STAMP)
 	$(PY) bench/ablation.py
@@ -70,6 +79,16 @@ bench-latency: $(STAMP) $(PEER_STAMP)
 # Trains two small bundles (about a minute), then rewrites the generated tables of robustness.md.
 bench-robustness: $(STAMP)
 	$(PY) bench/robustness.py
+
+# linewatch serve in its own process, loaded from client threads; both want an otherwise idle machine.
+bench-service: $(STAMP)
+	$(PY) bench/service.py
+
+# not in CI: 10 minutes at a fixed rate; targets zero errors and RSS growth <= 5 %
+SOAK_SECONDS ?= 600
+SOAK_RATE    ?= 20
+bench-soak: $(STAMP)
+	$(PY) bench/soak.py --duration $(SOAK_SECONDS) --rate $(SOAK_RATE)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

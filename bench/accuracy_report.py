@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT = "linewatch default (level 1, whitened)"
+DEFAULT = "linewatch default (level 1, whitened, bank 1024)"
 FAR_TARGET = 0.01
 
 

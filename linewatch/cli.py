@@ -4,10 +4,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 
 EPILOG = """\
 exit codes: 0 success, 1 the job failed (message on stderr), 2 bad command line.
 docs: README.md (bundle format, layout, configuration)."""
+
+
+INSPECT_EPILOG = """\
+stopping: Ctrl-C or SIGTERM stops after the images in flight are recorded (a second one stops at once);
+  exit 0 for --watch and cameras, 128+signal for files and videos (not finished: run again to resume).
+cameras: when scoring is slower than the camera, the oldest waiting frame is dropped (counted as
+  dropped_frames in the summary) so verdicts stay current; use --every N or --workers to drop none.
+summary (stdout): results, inspected, flagged, errors, skipped_already_recorded, source_kind, stopped,
+  dropped_frames."""
 
 
 def _say(msg: str) -> None:
@@ -47,16 +57,85 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def batch_size_arg(text: str) -> int | str:
+    """``--batch-size``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def resolve_batch_size(batch_size: int | str, threads: int, workers: int) -> int:
+    """``auto``: 1 with one intra-op thread or with workers (at one thread a batch costs more per image
+    than single images, and its arena grows with it: bench/results/latency.md), otherwise 8."""
+    if batch_size != "auto":
+        return int(batch_size)
+    return 1 if threads == 1 or workers > 1 else 8
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from linewatch.runtime.inspect_run import run_inspection
     from linewatch.runtime.inspector import Inspector
     from linewatch.runtime.preprocess import DEFAULT_MAX_PIXELS
 
     inspector = Inspector(args.bundle, threads=args.threads, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
-    summary = run_inspection(inspector, args.source, args.out, batch_size=args.batch_size,
-                             heatmaps=not args.no_heatmaps, progress=_say)
-    print(json.dumps(summary.to_dict()))
-    return 0
+    stop, caught = threading.Event(), []
+
+    def on_signal(signum, frame):              # first signal: stop cleanly; second: stop now
+        if stop.is_set():
+            raise KeyboardInterrupt
+        caught.append(signum)
+        _say(f"{signal.Signals(signum).name}: stopping after the images in flight (again to stop at once)")
+        stop.set()
+
+    handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+    try:
+        summary = run_inspection(inspector, args.source, args.out,
+                                 batch_size=resolve_batch_size(args.batch_size, args.threads, args.workers),
+                                 heatmaps=not args.no_heatmaps, progress=_say, workers=args.workers,
+                                 watch=args.watch, every=args.every, queue_size=args.queue_size,
+                                 max_images=args.max_images, poll_s=args.poll, settle_s=args.settle,
+                                 idle_timeout_s=args.idle_timeout, stop=stop, fsync=args.fsync)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    result = summary.to_dict()
+    if caught:
+        result["stopped"] = signal.Signals(caught[0]).name
+    print(json.dumps(result))
+    # A signal is how a watch or a camera normally ends; for a finite source it means "not finished".
+    return 128 + caught[0] if caught and summary.source_kind in ("files", "video") else 0
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
@@ -86,6 +165,30 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    if args.max_body_bytes <= 0 or args.max_pixels <= 0 or args.timeout <= 0 or args.threads < 1 or args.workers < 0:
+        raise ValueError("--max-body-bytes, --max-pixels and --timeout must be positive, --threads at least 1, "
+                         "--workers >= 0")
+    # OpenCV reads its own decode limit when it is imported: set it first, so an image that claims more
+    # pixels is refused before its pixel buffer is allocated (a small PNG can claim gigabytes)
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(args.max_pixels))
+    from linewatch.runtime.serve import TOKEN_ENV, ServeOptions, run
+
+    opts = ServeOptions(host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, timeout_s=args.timeout,
+                        threads=args.threads, workers=args.workers, max_connections=args.max_connections,
+                        token=os.environ.get(TOKEN_ENV) or None, log_requests=not args.quiet,
+                        max_pixels=args.max_pixels)
+    if not opts.token and args.host not in ("127.0.0.1", "localhost", "::1"):
+        _say(f"linewatch serve: warning: listening on {args.host} without a token; set {TOKEN_ENV} to require one")
+    return run(args.bundle, opts, announce=print_flush)
+
+
+def print_flush(line: str) -> None:
+    print(line, flush=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from linewatch.jobs.demo import format_reports, run_demo
     from linewatch.training.demo_data import DemoSpec
@@ -103,6 +206,59 @@ def cmd_augment(args: argparse.Namespace) -> int:
                           progress=_say)
     print(json.dumps(summary))
     return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from linewatch.jobs.retrain import GateRefused, run_retrain
+
+    try:
+        summary = run_retrain(args.bundle, args.data, args.verdicts, args.out, force=args.force,
+                              any_bundle=args.any_bundle, augment=args.augment, overwrite=args.overwrite,
+                              checkpoint=not args.no_checkpoint, engine=args.engine, workers=args.workers,
+                              auroc_tolerance=args.auroc_tolerance, holdout_reviewed=args.holdout_reviewed,
+                              progress=_say)
+    except GateRefused as exc:
+        print(json.dumps(exc.comparison))
+        _say(f"linewatch retrain: refused: {exc}")
+        return 3
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_score_archive(args: argparse.Namespace) -> int:
+    from linewatch.jobs.score_archive import run_score_archive
+
+    summary = run_score_archive(args.bundle, args.source, args.out, engine=args.engine, workers=args.workers,
+                                batch_size=args.batch_size, threads=args.threads, progress=_say)
+    print(json.dumps(summary))
+    return 0
+
+
+RETRAIN_HELP = """\
+Retrain a bundle with the images reviewers judged, and write the new bundle (the challenger) only if it
+is not worse than the current one (the champion).
+
+training set: the original good images (--data, the folder the champion was trained on) + the images
+  the verdict file marks "good" (false alarms; read in place, never copied into --data), less a held-out
+  share (--holdout-reviewed) + optional augmented samples (--augment N, bundles with a pixel decoder).
+  The champion's training configuration (manifest lineage.config) is reused.
+evaluation set, the same for both bundles and trained on by neither: --data's test/good images (else
+  validation/good) + confirmed defects (--data's test/<type> and the verdicts marked "defect").
+gate: the challenger is written only if
+  image AUROC(challenger) >= AUROC(champion) - tolerance (default 0.005) and
+  false-alarm rate(challenger, own threshold) <= false-alarm rate(champion, own threshold);
+  otherwise nothing is written and the command exits 3, naming both figures; --force writes it anyway
+  and the manifest records that the gate was forced. Also reported: each bundle's false-alarm rate on
+  the reviewed false alarms (all, and the held-out share).
+lineage: the new manifest records the parent, fingerprints of the original and reviewed images, the
+  verdict file's sha256, the comparison's figures and the decision.
+verdict file: JSON lines {"source", "label": "defect"|"good", "score", "bundle", "reviewed_utc"}, as
+  exported by `linewatch audit`. Invalid lines stop the job (line number and reason); images that no
+  longer exist are reported and skipped; verdicts made on another bundle are refused unless --any-bundle.
+crash safety: the bundle is staged in a hidden sibling folder and renamed into place; a killed run
+  leaves no partial bundle at OUT and the next run cleans up after it.
+The comparison is printed as JSON on stdout (also when refused); progress goes to stderr.
+exit codes: 0 written, 1 error, 2 bad command line, 3 refused by the gate."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,16 +296,52 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     e.set_defaults(func=cmd_export)
 
-    i = sub.add_parser("inspect", help="score images with a bundle (edge runtime, no torch)",
-                       description="Score an image, a folder (recursive) or a glob. Writes OUT/results.jsonl (one JSON "
-                                   "object per image: source, score, threshold, anomalous, p_value, error, latency_ms, "
-                                   "bundle, heatmap) and OUT/heatmaps/*.png for flagged images. Re-running into the same "
-                                   "OUT resumes where it stopped.")
+    i = sub.add_parser("inspect", help="score images, a watched folder, a video or a camera with a bundle "
+                                       "(edge runtime, no torch)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=INSPECT_EPILOG,
+                       description=textwrap.fill(
+                                   "Score an image, a folder (recursive), a glob, a watched folder, a video file or a "
+                                   "camera. Writes OUT/results.jsonl (one JSON object per image or frame: source, "
+                                   "score, threshold, anomalous, p_value, error, latency_ms, bundle, heatmap), "
+                                   "appended and flushed per record, and OUT/heatmaps/*.png for flagged images. "
+                                   "Re-running into the same OUT resumes: whatever is recorded is skipped, so after "
+                                   "a crash or kill every input ends up recorded exactly once. Progress on stderr, "
+                                   "a JSON summary on stdout.", 100))
     i.add_argument("--bundle", required=True, metavar="BUNDLE", help="bundle folder written by `linewatch train`")
-    i.add_argument("--source", required=True, metavar="SRC", help="an image file, a folder, or a glob such as 'cam1/*.png'")
+    i.add_argument("--source", required=True, metavar="SRC",
+                   help="an image file, a folder (recursive), a glob such as 'cam1/*.png', a video file (.avi, .mp4, "
+                        "...; frames are recorded as FILE#frame=000120), or a camera: camera:N or just N (frames "
+                        "are recorded as camera:N#t=<UTC time>#frame=N)")
     i.add_argument("--out", required=True, metavar="DIR", help="output folder for results.jsonl and heat maps")
-    i.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per model call (default 8)")
+    i.add_argument("--watch", action="store_true",
+                   help="SRC is a folder: keep watching it and score new images as they arrive, until Ctrl-C/SIGTERM, "
+                        "--idle-timeout or --max-images. A file is taken once unchanged for --settle seconds; writers "
+                        "that write to a hidden or non-image name and then rename it into place are safest")
+    i.add_argument("--poll", type=_positive(float), default=0.2, metavar="S",
+                   help="--watch: list the folder every S seconds (default 0.2)")
+    i.add_argument("--settle", type=_non_negative_float, default=0.5, metavar="S",
+                   help="--watch: take a file once its size and time have not changed for S seconds (default 0.5); "
+                        "0 takes files as soon as they are listed (only when writers rename complete files into place)")
+    i.add_argument("--idle-timeout", type=_positive(float), metavar="S",
+                   help="--watch: stop when no new file has arrived for S seconds (default: never)")
+    i.add_argument("--max-images", type=_positive(int), metavar="N", help="stop after recording N new images or frames")
+    i.add_argument("--every", type=_positive(int), default=1, metavar="N",
+                   help="video or camera: score every Nth frame (default 1: every frame)")
+    i.add_argument("--batch-size", type=batch_size_arg, default="auto", metavar="N|auto",
+                   help="at most N images per model call; a stream never waits to fill a batch. auto (default): 1 "
+                        "with --threads 1 or --workers > 1 (at one thread batching costs time per image and memory; "
+                        "bench/results/latency.md), else 8")
     i.add_argument("--threads", type=int, default=0, metavar="N", help="onnxruntime threads (default 0 = all cores)")
+    i.add_argument("--workers", type=_positive(int), default=1, metavar="N",
+                   help="score N batches at once, each on a one-thread session (default 1). For throughput on a "
+                        "multi-core machine over many files: --workers <cores> --batch-size 1 beat intra-op threads "
+                        "in bench/results/latency.md (145 against 134 images/s on 2 cores); for the lowest latency "
+                        "of single images keep 1")
+    i.add_argument("--queue-size", type=_positive(int), default=8, metavar="N",
+                   help="decoded images that may wait for the scorer (default 8). Files and videos: the reader waits "
+                        "when it is full (backpressure); cameras: the oldest frame is dropped and counted")
+    i.add_argument("--fsync", action="store_true",
+                   help="fsync results.jsonl after every record (survives power loss, not only a crash; slower)")
     i.add_argument("--no-heatmaps", action="store_true", help="do not write heat-map overlays")
     i.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
                    help="refuse images whose header declares more than N pixels (width x height) before decoding "
@@ -185,6 +377,101 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drift compares the N most recent scores with the calibration scores (default 200)")
     a.add_argument("--threads", type=int, default=1, metavar="N", help="onnxruntime threads (default 1)")
     a.set_defaults(func=cmd_audit)
+
+    s = sub.add_parser(
+        "serve", help="an HTTP service that inspects images (edge runtime, no torch)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve a bundle over HTTP (standard library only). Prints one JSON line to stdout once "
+                    "listening ({\"listening\": URL, ...}); one log line per request goes to stderr (--quiet: none).",
+        epilog="""\
+endpoints:
+  POST /v1/inspect   body: the encoded image (PNG/JPEG/BMP/TIFF; Content-Type image/* or
+                     application/octet-stream) or multipart/form-data with a part named 'image'.
+                     -> JSON verdict: source, score, threshold, anomalous, p_value, latency_ms, bundle,
+                     bundle_version, server_ms. ?map=1 adds heatmap_png_base64 (PNG overlay).
+  POST /v1/reload    body: empty (re-read the served folder) or {"bundle": "PATH"}. The new bundle is
+                     verified and opened before it replaces the old one; requests in flight finish on
+                     the old one. A bundle that cannot be loaded -> 422, the old one keeps serving.
+  GET  /healthz      {"status": "ok", "bundle": ID}; open even when a token is set.
+  GET  /metrics      Prometheus text format: requests, errors, latency histogram, flagged ratio,
+                     recent score quantiles, reloads, resident memory.
+
+authentication:
+  LINEWATCH_TOKEN    when set (environment variable), every endpoint but /healthz requires
+                     'Authorization: Bearer <token>' (else 401).
+
+limits (errors are JSON {"error": ..., "status": ...}; a bad request never stops the service):
+  413 body over --max-body-bytes (from Content-Length, before reading), 411 no Content-Length,
+  408 body slower than --timeout, 400 undecodable image (decoder's message) or one over
+  --max-pixels (refused before its pixels are decoded), 415 non-image
+  Content-Type, 404 unknown path, 405 wrong method, 503 no scoring slot within --timeout or more
+  than --max-connections connections.
+
+threads: each image runs on --threads onnxruntime intra-op threads and --workers images run at once
+  (default: CPUs / threads). The default --threads 1 gives the most images per second; for the lowest
+  latency of one camera on an idle station use --threads 2 --workers 1.
+
+example:
+  linewatch serve --bundle bundles/brick &
+  curl -s --data-binary @part.png -H 'Content-Type: image/png' http://127.0.0.1:8080/v1/inspect
+
+SIGTERM or SIGINT: stop accepting, let requests in flight finish (up to --timeout), exit 0.""")
+    s.add_argument("--bundle", required=True, metavar="BUNDLE", help="bundle folder written by `linewatch train`")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
+    s.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024, metavar="N",
+                   help="largest request body accepted (default 20971520 = 20 MiB)")
+    s.add_argument("--max-pixels", type=int, default=50_000_000, metavar="N",
+                   help="largest image decoded, in pixels (default 50000000); larger ones get 400")
+    s.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="socket timeout, longest body upload and longest wait for a scoring slot (default 30 s)")
+    s.add_argument("--threads", type=int, default=1, metavar="N", help="onnxruntime intra-op threads per image (default 1)")
+    s.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="images decoded and scored at once (default 0 = available CPUs / --threads)")
+    s.add_argument("--max-connections", type=int, default=64, metavar="N",
+                   help="open connections served at once; more get 503 (default 64)")
+    s.add_argument("--quiet", action="store_true", help="no log line per request on stderr")
+    s.set_defaults(func=cmd_serve)
+
+    r = sub.add_parser("retrain", help="retrain with reviewed images; write the new bundle only if it is not worse",
+                       description=RETRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--bundle", required=True, metavar="B", help="the current bundle (champion)")
+    r.add_argument("--data", required=True, metavar="DIR", help="the data folder the champion was trained on")
+    r.add_argument("--verdicts", required=True, metavar="V.jsonl", help="verdict file from `linewatch audit`")
+    r.add_argument("--out", required=True, metavar="B2", help="bundle folder to write if the gate passes")
+    r.add_argument("--force", action="store_true", help="write the challenger even if the gate fails (recorded)")
+    r.add_argument("--any-bundle", action="store_true", help="accept verdicts made on other bundles than --bundle")
+    r.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="add N augmented good samples from the champion's chain (skipped with a note if it has none)")
+    r.add_argument("--auroc-tolerance", type=float, default=0.005, metavar="T",
+                   help="allowed AUROC drop of the challenger (default 0.005)")
+    r.add_argument("--holdout-reviewed", type=float, default=0.2, metavar="F",
+                   help="share of the reviewed good images kept out of training to measure the challenger on "
+                        "false alarms it has not seen (default 0.2; 0 = train on all)")
+    r.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="where feature extraction runs: this process, or Ray actors (needs linewatch[scale])")
+    r.add_argument("--workers", type=int, default=2, metavar="N", help="Ray actors, one CPU each (default 2)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing B2 (and its checkpoint)")
+    r.add_argument("--no-checkpoint", action="store_true", help="do not write B2.ckpt")
+    r.set_defaults(func=cmd_retrain)
+
+    a = sub.add_parser("score-archive", help="score a large archive of images, in this process or on Ray workers",
+                       description="Score every image of SRC (offline audit, e.g. a month of production) into "
+                                   "OUT/results.jsonl: the records of `inspect --no-heatmaps`, resumable the same way. "
+                                   "--engine ray spreads chunks of --batch-size paths over --workers Ray actors (one "
+                                   "CPU and one onnxruntime thread each; a local Ray instance unless RAY_ADDRESS names a "
+                                   "cluster, whose nodes must see the bundle and images at the same paths). Scores are "
+                                   "the same whichever engine runs. Needs linewatch[scale] for --engine ray.")
+    a.add_argument("--bundle", required=True, metavar="BUNDLE", help="bundle folder")
+    a.add_argument("--source", required=True, metavar="SRC", help="an image file, a folder (recursive) or a glob")
+    a.add_argument("--out", required=True, metavar="DIR", help="output folder for results.jsonl")
+    a.add_argument("--engine", choices=["local", "ray"], default="local", help="where to score (default local)")
+    a.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="local: one-thread batch pipelines (1 = one pipeline using --threads); ray: actors (default 1)")
+    a.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per model call and per Ray task")
+    a.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="onnxruntime threads with --engine local --workers 1 (default 0 = all cores)")
+    a.set_defaults(func=cmd_score_archive)
 
     d = sub.add_parser("demo", help="build the demo textures, train, inspect and report accuracy",
                        description="Builds the built-in demo data (scikit-image textures with defect-synthesis "
@@ -223,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ImportError as exc:   # the edge install (Dockerfile.edge) has only the runtime: `inspect`
         _say(f"linewatch {args.command}: error: {exc}. This installation lacks what `{args.command}` needs (the "
-             "edge runtime has only `inspect`); run it where linewatch is installed with its training extras: "
+             "edge runtime has only `inspect`, `audit` and `serve`); run it where linewatch is installed with its training extras: "
              "pip install 'linewatch[train]'")
         return 1
     except (OSError, ValueError, RuntimeError) as exc:

@@ -84,6 +84,12 @@ class Inspector:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BundleError(f"{model_path}: onnxruntime cannot load the model ({exc})") from exc
 
+    def single_thread_session(self) -> ort.InferenceSession:
+        """A one-intra-op-thread session of the same graph (made once), for data-parallel workers."""
+        if self._single_thread_session is None:
+            self._single_thread_session = self._new_session(1)
+        return self._single_thread_session
+
     def _check_graph(self) -> None:
         m = self.bundle.manifest
         inputs = self.session.get_inputs()
@@ -204,9 +210,7 @@ class Inspector:
         from concurrent.futures import ThreadPoolExecutor
         from itertools import islice
 
-        if self._single_thread_session is None:
-            self._single_thread_session = self._new_session(1)
-        session = self._single_thread_session
+        session = self.single_thread_session()
         spec = self.spec
 
         def job(chunk: list) -> list[tuple[Verdict, np.ndarray | None, np.ndarray | None]]:

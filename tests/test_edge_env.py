@@ -100,3 +100,32 @@ def test_edge_env_inspects_fp32_and_int8_bundles(edge_env, small_bundle, small_c
         ok = [r for r in records if r["error"] is None]
         assert len(ok) == len(sources) and all(isinstance(r["score"], float) and 0 < r["p_value"] <= 1 for r in ok)
         assert [r for r in records if r["error"]][0]["source"].endswith("broken.png")
+
+
+@pytest.mark.slow
+def test_edge_env_serves_a_bundle(edge_env, small_bundle, small_category):
+    """`linewatch serve` in the edge env: listens, answers a verdict, exits 0 on SIGTERM."""
+    import http.client
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.Popen([str(edge_env / "bin" / "linewatch"), "serve", "--bundle", str(small_bundle), "--port", "0",
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=str(edge_env.parent))
+    try:
+        hello = json.loads(proc.stdout.readline() or "{}")
+        assert "listening" in hello, proc.stderr.read() if proc.poll() is not None else hello
+        host, port = hello["listening"][len("http://"):].rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        image = sorted((small_category / "test").rglob("*.png"))[0].read_bytes()
+        conn.request("POST", "/v1/inspect", image, {"Content-Type": "image/png"})
+        r = conn.getresponse()
+        verdict = json.loads(r.read())
+        assert r.status == 200 and isinstance(verdict["score"], float) and verdict["bundle"] == hello["bundle"]
+        conn.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

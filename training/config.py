@@ -36,7 +36,7 @@ class ConvAEConfig:
 
 @dataclass
 class DensityConfig:
-    bank_size: int = 2048            # patch features kept in the Parzen bank (greedy coreset)
+    bank_size: int = 1024            # patch features kept in the Parzen bank (greedy coreset)
     max_candidates: int = 30000      # random patches the coreset is chosen from
     coreset_projection: int = 32     # random-projection dims used only to pick the coreset
     weighted: bool = True            # weight each bank point by the patches it stands for
