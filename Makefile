@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-scale.txt requirements-nodeps.txt
 
-.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-robustness bench-service bench-soak bench-scale bench-adapt
+.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-robustness bench-service bench-soak bench-scale bench-adapt bench-augment
 
 help:
 	@echo "make demo      build the demo textures, train, inspect, print accuracy (creates .venv)"
@@ -59,6 +59,9 @@ bench-adapt: $(STAMP)
 
 bench-paper: $(STAMP)
 	$(PY) bench/paper.py
+
+bench-augment: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) bench/augment.py
 
 # anomalib runs in an environment of its own (about 1.9 GB), never in .venv; torch pinned there too.
 PEER_VENV  := bench/peers/.venv

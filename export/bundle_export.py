@@ -13,8 +13,9 @@ from ..training.fit import FittedDetector
 from .chain_codec import export_chain_codec
 from .density_file import externalize_density
 from .gallery import attach_gallery
-from .onnx_export import (CHAIN_NEXT, CHAIN_NOISE, CHAIN_STATE, check_chain_parity, check_parity,
-                          export_chain_step, export_scorer, model_spec)
+from .onnx_export import (CHAIN_NEXT, CHAIN_NOISE, CHAIN_STATE, DECODER_INPUT, DECODER_OUTPUT, check_chain_parity,
+                          check_decoder_parity, check_parity, export_chain_step, export_decoder, export_scorer,
+                          model_spec)
 
 
 def build_manifest(det: FittedDetector, config: TrainConfig, parity: dict[str, Any],
@@ -61,6 +62,8 @@ def export_bundle(det: FittedDetector, out: str | Path, parity_images: np.ndarra
         manifest = build_manifest(det, config, parity, training_data, lineage)
         if det.chain is not None:
             files.update(_export_chain(det, config, Path(tmp), manifest))
+        if det.decoder is not None:   # a class default, so older checkpoints read None
+            files.update(_export_decoder(det, config, Path(tmp), manifest))
         attach_gallery(files, manifest, gallery_images, onnx_path, config)
         return write_bundle(out, manifest, files, overwrite=overwrite)
 
@@ -90,3 +93,57 @@ def _export_chain(det: FittedDetector, config: TrainConfig, tmp: Path, manifest)
     codec_files, codec_spec = export_chain_codec(chain.step, chain.start, tmp, config.export.opset)
     manifest.chain.update(codec_spec)
     return {step_path.name: step_path, start_path.name: start_path, **codec_files}
+
+
+DECODER_INPUT_SPACE = ("level-1 rows: the backbone's pooled patch features (model.onnx's first stage), sphered by "
+                       "the density's whitening when density.whiten is true (the rows a level-1 density scores), "
+                       "laid out (N, P, D) with P = map_height * map_width in row-major map order; with density "
+                       "level 1 these are exactly model.onnx's patch_features output (model_output)")
+
+
+def _export_decoder(det: FittedDetector, config: TrainConfig, tmp: Path, manifest) -> dict[str, Path]:
+    """Write ``decoder.onnx`` (and, with a level-1 chain, ``augment_start.npz``); describe them in
+    ``manifest.decoder``."""
+    dec = det.decoder
+    module = dec.module
+    h, w = module.map_shape
+    path = tmp / "decoder.onnx"
+    export_decoder(module, h * w, module.dim, path, config.export.opset)
+    probe = np.random.default_rng(0).standard_normal((4, h * w, module.dim)).astype(np.float32)
+    if dec.start_maps is not None:   # real maps too: back from the chain's state space to level-1 rows
+        probe = np.concatenate([probe, dec.rows_from_states(dec.start_maps[:4])]).astype(np.float32)
+    diff = check_decoder_parity(module, path, probe)
+    spec = det.input_spec
+    manifest.decoder = {
+        "file": path.name, "input": DECODER_INPUT, "output": DECODER_OUTPUT,
+        "input_space": DECODER_INPUT_SPACE, "whitened": bool(config.density.whiten),
+        # at density level 1 the density's space is the decoder's: model.onnx's patch_features feed it as they are
+        "model_output": "patch_features" if int(det.figures.get("level", 1)) == 1 else None,
+        "map_height": int(h), "map_width": int(w), "feature_dim": int(module.dim),
+        "image_height": int(module.image_shape[0]), "image_width": int(module.image_shape[1]),
+        "channels": int(module.channels), "color_order": spec.color_order,
+        "output_range": [0.0, 1.0], "training": dict(dec.figures),
+        "parity_max_abs_diff": diff,
+    }
+    files = {path.name: path}
+    if dec.start_maps is not None and det.chain is not None:
+        start = tmp / "augment_start.npz"
+        down = {}
+        for k, (W, c, b) in enumerate(dec.down or []):
+            down[f"down_W_{k}"], down[f"down_c_{k}"], down[f"down_b_{k}"] = W, c, b
+        with open(start, "wb") as f:
+            np.savez(f, maps=dec.start_maps.astype(np.float32), state_mean=dec.state_mean.astype(np.float32),
+                     state_std=dec.state_std.astype(np.float32), image_index=dec.start_images.astype(np.int64),
+                     state_level=np.int64(dec.state_level), **down)
+        manifest.decoder["augment"] = {
+            "start_file": start.name, "n_start_maps": int(dec.start_maps.shape[0]),
+            "state_level": int(dec.state_level), "n_down_layers": len(dec.down or []),
+            "state_space": "chain states at state_level; back to decoder input: for k = 0 .. n_down_layers - 1, "
+                           "h = h @ down_W_k + down_c_k, then sigmoid except after the last (layer 1 is linear); "
+                           "rows = h * state_std + state_mean (the stack's standardisation)",
+            "arrays": {"maps": "float32 (S, P, D_state) states", "state_mean": "float32 (D,)",
+                       "state_std": "float32 (D,)", "image_index": "int64 (S,) index of each map's image in the "
+                       "training set", "down_W_k, down_c_k, down_b_k": "CAE weights (D_k, D_{k-1}), decoder bias, encoder "
+                       "bias, top layer first"}}
+        files[start.name] = start
+    return files

@@ -50,7 +50,7 @@ from ..runtime.calibration import ConformalCalibrator
 from ..training.config import TrainConfig
 from ..training.fit import SPLIT_CONFORMAL, FittedDetector
 from ..training.metrics import auroc, spearman
-from .bundle_export import _export_chain, build_manifest, separate_density
+from .bundle_export import _export_chain, _export_decoder, build_manifest, separate_density
 from .gallery import attach_gallery
 from .onnx_export import INPUT_NAME, MAP_NAME, SCORE_NAME, check_parity, export_scorer
 from .quantize import quantize_scorer
@@ -225,5 +225,7 @@ def export_int8_bundle(det: FittedDetector, out: str | Path, parity_images: np.n
                                  "int8_model_bytes": int8_bytes}
         if det.chain is not None:
             files.update(_export_chain(det, config, Path(tmp), manifest))
+        if det.decoder is not None:
+            files.update(_export_decoder(det, config, Path(tmp), manifest))
         attach_gallery(files, manifest, gallery_images, int8_path, config)
         return write_bundle(out, manifest, files, overwrite=overwrite)

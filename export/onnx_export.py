@@ -97,3 +97,31 @@ def check_chain_parity(step: nn.Module, onnx_path: str | Path, start: np.ndarray
     if diff > atol:
         raise ParityError(f"the chain-step graph differs from torch by {diff:.3g} (> {atol}); the bundle was not written")
     return diff
+
+
+DECODER_INPUT, DECODER_OUTPUT = "features", "image"
+
+
+def export_decoder(decoder: nn.Module, n_rows: int, dim: int, path: str | Path, opset: int = 17) -> None:
+    """Write the pixel decoder: ``features (N, P, D)`` level-1 rows (row-major map order) ->
+    ``image (N, C, H, W)`` in [0, 1]. The batch axis is dynamic; ``P`` and ``D`` are fixed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(decoder.eval(), (torch.zeros(2, n_rows, dim),), str(path), dynamo=False,
+                          opset_version=opset, input_names=[DECODER_INPUT], output_names=[DECODER_OUTPUT],
+                          dynamic_axes={DECODER_INPUT: {0: "n"}, DECODER_OUTPUT: {0: "n"}})
+
+
+@torch.no_grad()
+def check_decoder_parity(decoder: nn.Module, onnx_path: str | Path, rows: np.ndarray, atol: float = 1e-4) -> float:
+    """Decode ``rows`` ``(N, P, D)`` with torch and onnxruntime; raises :class:`ParityError` when any pixel
+    differs by more than ``atol`` (pixels are in [0, 1]). Returns the largest difference."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    want = decoder.eval()(torch.from_numpy(rows)).numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run([DECODER_OUTPUT], {DECODER_INPUT: rows})[0]
+    diff = float(np.max(np.abs(got - want)))
+    if diff > atol:
+        raise ParityError(f"the pixel-decoder graph differs from torch by {diff:.3g} (> {atol}); "
+                          "the bundle was not written")
+    return diff

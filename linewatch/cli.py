@@ -212,6 +212,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_augment(args: argparse.Namespace) -> int:
+    from linewatch.runtime.augment import run_augment
+
+    summary = run_augment(args.bundle, args.count, args.out, steps=args.steps, seed=args.seed, threads=args.threads,
+                          progress=_say)
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_retrain(args: argparse.Namespace) -> int:
     from linewatch.jobs.retrain import GateRefused, run_retrain
 
@@ -508,6 +517,22 @@ SIGTERM or SIGINT: stop accepting, let requests in flight finish (up to --timeou
     d.add_argument("--n-train", type=int, default=200, metavar="N", help="good training crops per texture (default 200)")
     d.add_argument("--config", metavar="FILE", help="YAML configuration for training")
     d.set_defaults(func=cmd_demo)
+
+    a = sub.add_parser("augment", help="new good images from top-layer chain samples, decoded to pixels (no torch)",
+                       description="Start from training images' patch-state maps shipped in the bundle, run the top-layer "
+                                   "CAE chain on every patch for --steps steps, and decode each map to pixels with the "
+                                   "bundle's decoder.onnx. Writes OUT/augment_NNNN.png and OUT/contact_sheet.png; the JSON "
+                                   "summary gives, per sample, its nearest training image (level-1 feature space) and "
+                                   "distinct_nearest_training_images, a measure of diversity. Needs a bundle trained "
+                                   "with configs/augment.yaml (stack, chain and pixel decoder).")
+    a.add_argument("--bundle", required=True, metavar="BUNDLE", help="bundle folder trained with configs/augment.yaml")
+    a.add_argument("--count", required=True, type=int, metavar="N", help="number of images to write")
+    a.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing; files are replaced)")
+    a.add_argument("--steps", type=int, default=20, metavar="K",
+                   help="chain steps per sample (default 20; bench/results/augment.md: fewer leave each sample near its start)")
+    a.add_argument("--seed", type=int, default=0, metavar="S", help="random seed for starts and noise (default 0)")
+    a.add_argument("--threads", type=int, default=0, metavar="N", help="onnxruntime threads (default 0 = all cores)")
+    a.set_defaults(func=cmd_augment)
     return p
 
 

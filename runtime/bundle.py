@@ -113,6 +113,8 @@ class Manifest:
     # int8 bundles: how the graph was quantised and the int8-vs-fp32 accuracy gate's figures (empty for
     # fp32). Optional and additive: manifests without it load, and older readers ignore it (no schema bump).
     quantization: dict[str, Any] = field(default_factory=dict)
+    # pixel decoder (decoder.onnx: level-1 rows -> image in [0, 1]) and augment start maps; empty without one
+    decoder: dict[str, Any] = field(default_factory=dict)
     # thumbnails + representations of good training images for `linewatch audit` (gallery.npz; empty without one)
     gallery: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -155,6 +157,7 @@ class Manifest:
                 lineage=dict(d.get("lineage", {})),
                 chain=dict(d.get("chain", {})),
                 quantization=dict(d.get("quantization", {})),
+                decoder=dict(d.get("decoder", {})),
                 gallery=dict(d.get("gallery", {})),
                 files=dict(d["files"]),
                 schema_version=version,

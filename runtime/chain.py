@@ -23,8 +23,8 @@ class ChainRunner:
     def __init__(self, bundle: Bundle, threads: int = 0):
         self.spec = bundle.manifest.chain
         if not self.spec:
-            raise BundleError(f"{bundle.path}: this bundle has no chain graph (it was trained with density.level 1); "
-                              "retrain with stack.widths and density.level >= 2")
+            raise BundleError(f"{bundle.path}: this bundle has no chain graph (it was trained without stack.widths); "
+                              "retrain with stack.widths (e.g. configs/augment.yaml)")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(bundle.file(self.spec["file"])), opts,

@@ -33,3 +33,11 @@ def test_accuracy_bench_quick_mode_writes_its_tables(tmp_path):
     assert len(mixed) >= 10 and all(0.0 <= float(r["image_auroc"]) <= 1.0 for r in mixed)
     default = next(r for r in mixed if r["method"] == "linewatch default (level 1, whitened)")
     assert float(default["image_auroc"]) > 0.75 and 0.0 <= float(default["false_alarm_rate"]) <= 1.0
+
+
+@pytest.mark.slow
+def test_augment_bench_quick_mode_runs(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "augment.py"), "--quick", "--data", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "distinct nearest" in proc.stdout and "Decoder fidelity" in proc.stdout

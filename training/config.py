@@ -74,6 +74,22 @@ class SamplingConfig:
 
 
 @dataclass
+class DecoderConfig:
+    """A conv decoder from level-1 patch-feature maps back to pixels (``training/pixel_decoder.py``).
+
+    Used by ``linewatch augment`` (chain states -> images) and to show what a patch map "looks like".
+    """
+
+    enabled: bool = False            # train and ship decoder.onnx
+    width: int = 8                   # channels of the last conv stage, at half resolution (earlier: 2x, 4x, ... up to 8x)
+    epochs: int = 60
+    learning_rate: float = 2e-3
+    batch_size: int = 8
+    input_noise: float = 0.1         # std of Gaussian noise added to the input features while training (feature units)
+    start_images: int = 16           # training images whose full state maps ship as augment start points
+
+
+@dataclass
 class ScoringConfig:
     top_k: int = 20                  # image score = mean of the top_k largest patch scores (bench/results/ablation.md)
 
@@ -102,6 +118,7 @@ class TrainConfig:
     density: DensityConfig = field(default_factory=DensityConfig)
     stack: StackConfig = field(default_factory=StackConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -129,6 +146,12 @@ class TrainConfig:
                               f"(stack.widths has {len(self.stack.widths)} levels above 1)")
         if self.sampling.chain_samples and self.density.level < 2:
             raise ConfigError("sampling.chain_samples needs density.level >= 2 (chains run in the stack)")
+        dec = self.decoder
+        if dec.width < 4 or dec.epochs < 1 or dec.batch_size < 1 or dec.learning_rate <= 0 or dec.input_noise < 0:
+            raise ConfigError("decoder: width must be >= 4, epochs and batch_size >= 1, learning_rate > 0, "
+                              "input_noise >= 0")
+        if dec.start_images < 1:
+            raise ConfigError("decoder.start_images must be at least 1")
         if self.scoring.top_k < 1:
             raise ConfigError("scoring.top_k must be at least 1")
         if not 0 < self.calibration.target_false_alarm_rate < 0.5:

@@ -30,6 +30,7 @@ from .coreset import coverage_weights, greedy_coreset, nearest_index
 from .features import PatchFeatures, conv_ae_patch_features, extract, lite0_patch_features, to_patches
 from .levels import chain_samples, fit_stack
 from .parzen import ParzenDensity, log_density, log_density_grid
+from .pixel_decoder import PixelDecoder, display_images, fit_pixel_decoder
 from .sampler import ChainStep
 from .scorer import PatchDensityScorer, image_score
 from .whitening import fit_whitening
@@ -61,7 +62,38 @@ class ChainExport:
 
     step: ChainStep
     start: np.ndarray                # float32 (S, D_state): codes at level - 1 of random training patches
-    level: int                       # the density level the chain's samples are encoded to
+    level: int                       # the level samples are encoded to: density.level if >= 2, else the top + 1
+
+
+@dataclass
+class DecoderExport:
+    """The pixel decoder and what ``linewatch augment`` starts from.
+
+    ``module`` maps level-1 rows ``(N, P, D)`` (whitened level-1 features when ``density.whiten``, see
+    ``training/pixel_decoder.py``) to images ``(N, C, H, W)`` in [0, 1]. ``start_maps``
+    ``float32 (S, P, D_state)``: full maps of ``S`` training images (indices ``start_images`` into the
+    training set) in the chain's state space at ``state_level`` (``None`` without a chain). A state goes
+    back to level-1 rows through the CAE decoders below it, ``down`` = ``[(W, c, b), ...]`` for stack layers
+    ``state_level - 1, ..., 1`` (``h <- sigmoid(h W + c)``, linear for layer 1), then
+    ``row = h * state_std + state_mean`` (the stack's standardisation, ``(D,)``).
+    """
+
+    module: PixelDecoder
+    figures: dict
+    start_maps: np.ndarray | None = None
+    start_images: np.ndarray | None = None   # int64 (S,)
+    state_mean: np.ndarray | None = None     # float32 (D,)
+    state_std: np.ndarray | None = None      # float32 (D,)
+    state_level: int = 1
+    down: list | None = None                 # [(W (D_k, D_{k-1}), c (D_{k-1},), b (D_k,)), ...] float32, top first
+
+    def rows_from_states(self, states: np.ndarray) -> np.ndarray:
+        """Chain states ``(..., D_state)`` -> level-1 rows ``(..., D)`` (numpy; what the runtime does too)."""
+        h = np.asarray(states, dtype=np.float32)
+        for k, (W, c, _b) in enumerate(self.down or []):
+            a = h @ W + c
+            h = a if k == len(self.down) - 1 else 1.0 / (1.0 + np.exp(-a))   # layer 1's decoder is linear
+        return (h * self.state_std + self.state_mean).astype(np.float32)
 
 
 @dataclass
@@ -78,6 +110,7 @@ class FittedDetector:
     figures: dict = field(default_factory=dict)
     chain: ChainExport | None = None
     calibration_method: str = CROSS_CONFORMAL
+    decoder: DecoderExport | None = None
 
 
 def build_bank(patches: np.ndarray, config: TrainConfig, seed: int) -> PatchBank:
@@ -144,16 +177,18 @@ def fit_detector(images: np.ndarray, config: TrainConfig, progress: Progress | N
     t0 = time.perf_counter()
     features, maps = extract_maps(images, config, progress)
     val_maps = None if validation is None else extract(features, validation, config.batch_size)
-    det = fit_on_maps(features, maps, config, progress, groups, val_maps)
+    det = fit_on_maps(features, maps, config, progress, groups, val_maps, images=images)
     det.figures["feature_seconds"] = round(time.perf_counter() - t0 - det.figures["fit_seconds"], 2)
     det.figures["fit_seconds"] = round(time.perf_counter() - t0, 2)
     return det
 
 
 def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, progress: Progress | None = None,
-                groups: list[str] | None = None, validation_maps: np.ndarray | None = None) -> FittedDetector:
+                groups: list[str] | None = None, validation_maps: np.ndarray | None = None,
+                images: np.ndarray | None = None) -> FittedDetector:
     """The density, bandwidth and calibration part of :func:`fit_detector`, on level-1 maps ``(N, D, h, w)``
-    (and the held-out good images' maps ``(V, D, h, w)``, if any)."""
+    (and the held-out good images' maps ``(V, D, h, w)``, if any). ``images``: the model inputs
+    ``(N, C, H, W)`` the maps came from; needed only with ``decoder.enabled`` (pixel targets)."""
     say = progress or (lambda _msg: None)
     n, dim, h, w = maps.shape
     fold_of = assign_folds(groups if groups is not None else [str(i) for i in range(n)],
@@ -173,8 +208,9 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
     rep = None
     if config.stack.widths:
         rep = fit_stack(patches.reshape(-1, dim), config.stack, config.seed, say)
+    if rep is not None and level > 1:
         codes = rep.encode(patches.reshape(-1, dim), level).reshape(n, h * w, -1)
-    else:
+    else:   # level 1 (a stack, if any, only drives the chain): the density sees the level-1 rows themselves
         codes = patches
     cdim = codes.shape[-1]
 
@@ -227,11 +263,15 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
             f"{calibrator.alpha:g}; at least {calibrator.min_images_for_target_} are needed. "
             "The threshold is the highest calibration score.")
     chain = None
-    if rep is not None and level > 1:
+    if rep is not None:   # at density level 1 the chain runs on the top CAE (augmentation); else below the density
+        chain_level = level if level > 1 else len(config.stack.widths) + 1
         start = rep.encode(patches.reshape(-1, dim)[rng.choice(n * h * w, min(256, n * h * w), replace=False)],
-                           level - 1)
-        chain = ChainExport(step=ChainStep(rep.stack_.layers[level - 2], config.sampling.sigma).eval(),
-                            start=start, level=level)
+                           chain_level - 1)
+        chain = ChainExport(step=ChainStep(rep.stack_.layers[chain_level - 2], config.sampling.sigma).eval(),
+                            start=start, level=chain_level)
+    decoder = None
+    if config.decoder.enabled:
+        decoder = _fit_decoder(patches, (h, w), images, rep, chain.level - 1 if chain is not None else 1, config, say)
     say(f"final bank: {bank.centres.shape[0]} level-{level} codes from {n * h * w} patches"
         f"{' + ' + str(config.sampling.chain_samples) + ' chain samples' if config.sampling.chain_samples else ''}, "
         f"bandwidth {bandwidth:.4g}, threshold {calibrator.threshold_:.4g}")
@@ -247,7 +287,30 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
     return FittedDetector(scorer=scorer, input_spec=input_spec_for(config), calibrator=calibrator,
                           bandwidth=bandwidth, heatmap_low=float(np.median(oof_patch_scores)),
                           map_shape=(int(h), int(w)), backbone=config.model.backbone, figures=figures, chain=chain,
-                          calibration_method=method)
+                          calibration_method=method, decoder=decoder)
+
+
+def _fit_decoder(rows: np.ndarray, map_shape: tuple[int, int], images: np.ndarray | None, rep, state_level: int,
+                 config: TrainConfig, say: Progress) -> DecoderExport:
+    """Train the pixel decoder on level-1 rows ``(N, P, D)``; with ``rep`` (the stack whose chain runs on
+    ``state_level`` states), also pick the augment start maps in the chain's state space."""
+    if images is None or images.shape[0] != rows.shape[0]:
+        raise ValueError("decoder.enabled needs the training images the maps came from (fit_detector passes them)")
+    d = config.decoder
+    spec = input_spec_for(config)
+    say(f"training the pixel decoder on {rows.shape[0]} images ({d.epochs} epochs)")
+    module, figures = fit_pixel_decoder(rows, map_shape, display_images(images, spec.mean, spec.std), d.width,
+                                        d.epochs, d.learning_rate, d.batch_size, d.input_noise, config.seed, say)
+    out = DecoderExport(module=module, figures=figures)
+    if rep is not None:
+        n, p, dim = rows.shape
+        idx = np.unique(np.linspace(0, n - 1, min(n, d.start_images)).round().astype(np.int64))
+        out.start_maps = rep.encode(rows[idx].reshape(-1, dim), state_level).reshape(len(idx), p, -1)
+        out.start_images, out.state_mean, out.state_std = idx, rep.mean_.copy(), rep.std_.copy()
+        out.state_level = int(state_level)
+        out.down = [tuple(t.detach().numpy().astype(np.float32).copy() for t in (layer.W, layer.c, layer.b))
+                    for layer in reversed(rep.stack_.layers[: state_level - 1])]
+    return out
 
 
 @torch.no_grad()
