@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
-from ..runtime.gallery import EMBEDDING_DEFINITION, GALLERY_FILE, embed, pack
+from ..runtime.gallery import EMBEDDING_DEFINITION, GALLERY_FILE, embed, pack, shrunk_jpeg
 from ..runtime.preprocess import ImageError, InputSpec, decode_image, display_bgr, preprocess
 
 THUMBNAIL_PX = 64
@@ -24,15 +23,7 @@ JPEG_QUALITY = 80
 
 def thumbnail_jpeg(image: np.ndarray, size: int = THUMBNAIL_PX, quality: int = JPEG_QUALITY) -> bytes:
     """A decoded image -> JPEG bytes of it shrunk (area interpolation) so its longer side is ``size`` px."""
-    bgr = display_bgr(image)
-    h, w = bgr.shape[:2]
-    s = size / max(h, w)
-    if s < 1:
-        bgr = cv2.resize(bgr, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError("gallery: JPEG encoding failed")
-    return buf.tobytes()
+    return shrunk_jpeg(display_bgr(image), size, quality)
 
 
 def build_gallery(images: Sequence[tuple[str, bytes]], spec: InputSpec, onnx_path: str | Path, input_name: str,

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..runtime.inspect_run import RESULTS_NAME, RunSummary, _repair_torn_tail, read_results
+from ..runtime.inspect_run import RESULTS_NAME, RunSummary, _repair_torn_tail, recorded_sources
 from ..runtime.inspector import Inspector
 from ..runtime.sources import expand_source
 
@@ -46,12 +46,7 @@ def run_score_archive(bundle: str | os.PathLike, source: str, out: str | os.Path
     out.mkdir(parents=True, exist_ok=True)
     results = out / RESULTS_NAME
     inspector = Inspector(bundle, threads=1 if engine == "ray" else threads)
-    previous = read_results(results)
-    other = {r.get("bundle") for r in previous} - {inspector.bundle.id}
-    if other:
-        raise RuntimeError(f"{results}: holds results of another bundle ({', '.join(sorted(map(str, other)))}); "
-                           "use a new --out folder for a new bundle")
-    done = {r["source"] for r in previous if "source" in r}
+    done = recorded_sources(results, inspector.bundle.id)
     paths = [p for p in expand_source(source) if str(p) not in done]
     summary = RunSummary(results, skipped_already_recorded=len(done))
     if done:

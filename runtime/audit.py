@@ -42,7 +42,7 @@ import onnxruntime as ort
 
 from .bundle import Bundle
 from .drift import drift_report
-from .gallery import Gallery, embed
+from .gallery import Gallery, embed, shrunk_jpeg
 from .heatmap import overlay
 from .inspect_run import RESULTS_NAME, read_results
 from .inspector import Inspector
@@ -61,14 +61,7 @@ class AuditError(ValueError):
 
 def jpeg_data_uri(image_bgr: np.ndarray, max_side: int = IMAGE_PX, quality: int = IMAGE_QUALITY) -> str:
     """``uint8 (H, W, 3)`` BGR -> ``data:image/jpeg;base64,...`` shrunk so its longer side is at most ``max_side``."""
-    h, w = image_bgr.shape[:2]
-    s = max_side / max(h, w)
-    if s < 1:
-        image_bgr = cv2.resize(image_bgr, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(shrunk_jpeg(image_bgr, max_side, quality)).decode("ascii")
 
 
 class Reconstructor:

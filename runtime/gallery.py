@@ -18,6 +18,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .bundle import Bundle, BundleError
@@ -88,3 +89,16 @@ class Gallery:
         d = np.sqrt(((self.embeddings - q) ** 2).sum(axis=1))
         idx = np.argsort(d, kind="stable")[:max(0, int(k))]
         return idx, d[idx]
+
+
+def shrunk_jpeg(image_bgr: np.ndarray, max_side: int, quality: int) -> bytes:
+    """``uint8 (H, W, 3)`` BGR -> JPEG bytes, shrunk (area interpolation) so its longer side is at most
+    ``max_side`` px. Gallery thumbnails and the audit report's pictures both use it."""
+    h, w = image_bgr.shape[:2]
+    s = max_side / max(h, w)
+    if s < 1:
+        image_bgr = cv2.resize(image_bgr, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()

@@ -78,6 +78,19 @@ def read_results(path: str | os.PathLike) -> list[dict]:
     return records
 
 
+def recorded_sources(results: str | os.PathLike, bundle_id: str) -> set[str]:
+    """Sources already recorded in ``results`` (what a resumed run skips).
+
+    Raises ``RuntimeError`` when the file holds results of another bundle than ``bundle_id``.
+    """
+    previous = read_results(results)
+    other = {r.get("bundle") for r in previous} - {bundle_id}
+    if other:
+        raise RuntimeError(f"{results}: holds results of another bundle ({', '.join(sorted(map(str, other)))}); "
+                           "use a new --out folder for a new bundle")
+    return {r["source"] for r in previous if "source" in r}
+
+
 def _heatmap_name(source: str, base: Path, index: int) -> str:
     """``000042_<source id relative to the inspected folder, '/' -> '_'>.png``."""
     path_part, _, fragment = source.partition("#")          # video and camera ids: 'clip.avi#frame=000120'
@@ -190,12 +203,7 @@ def run_inspection(inspector: Inspector, source: str, out: str | os.PathLike, ba
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / RESULTS_NAME
-    previous = read_results(results)
-    other = {r.get("bundle") for r in previous} - {inspector.bundle.id}
-    if other:
-        raise RuntimeError(f"{results}: holds results of another bundle ({', '.join(sorted(map(str, other)))}); "
-                           "use a new --out folder for a new bundle")
-    done = {r["source"] for r in previous if "source" in r}
+    done = recorded_sources(results, inspector.bundle.id)
     src = open_source(source, done, watch=watch, every=every, poll_s=poll_s, settle_s=settle_s,
                       idle_timeout_s=idle_timeout_s, max_pixels=inspector.max_pixels, exclude=out)
     summary = RunSummary(results, skipped_already_recorded=len(done), source_kind=src.kind)
