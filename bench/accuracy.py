@@ -64,19 +64,25 @@ PIXEL_SIDE = {"texture": 32, "mnist": 28}   # pixel baselines see grey images of
 MAP_BLUR_SIGMA = 4.0     # patch maps: bilinear upsampling to the mask size, then this Gaussian blur (px)
 STACK = {"widths": [64, 32], "epochs": 15}
 
-# The default first; the other variants were measured on raw (not whitened) level-1 features, and say so,
-# and (but for the default and the 160-px variant) with the earlier default bank of 2048 centres.
+# The default first. The other variants pin what they were measured with: Lite0's 11 blocks (the default
+# before session 4) and, but for the 1024-centre ones, the earlier bank of 2048 centres; the raw ones are
+# not whitened, and say so.
 RAW = {"whiten": False}
+B11 = {"lite0_blocks": 11}
 LINEWATCH_VARIANTS: dict[str, dict] = {
     DEFAULT: {},                                     # accuracy_report.DEFAULT
-    "linewatch level 1, whitened, bank 2048 (earlier default)": {"density": {"bank_size": 2048}},
-    "linewatch level 1, not whitened": {"density": RAW},
-    "linewatch top layer (level 3), not whitened": {"stack": STACK, "density": {"level": 3, **RAW}},
-    "linewatch top layer + chain samples, not whitened": {"stack": STACK, "density": {"level": 3, **RAW},
+    "linewatch level 1, whitened, bank 1024, 11 blocks (earlier default)": {"model": B11},
+    "linewatch level 1, whitened, bank 2048, 11 blocks": {"model": B11, "density": {"bank_size": 2048}},
+    "linewatch level 1, not whitened": {"model": B11, "density": {**RAW, "bank_size": 2048}},
+    "linewatch top layer (level 3), not whitened": {"model": B11, "stack": STACK,
+                                                    "density": {"level": 3, **RAW, "bank_size": 2048}},
+    "linewatch top layer + chain samples, not whitened": {"model": B11, "stack": STACK,
+                                                          "density": {"level": 3, **RAW, "bank_size": 2048},
                                                           "sampling": {"chain_samples": 2048, "sigma": 0.2}},
-    "linewatch level 1, strides 8+16, not whitened": {"model": {"feature_strides": [8, 16]}, "density": RAW},
-    # smaller graphs, for the latency targets (bench/results/latency.md): fewer kernel centres, a smaller input
-    "linewatch default, 160 px input": {"model": {"image_size": 160}},
+    "linewatch level 1, strides 8+16, not whitened": {"model": {**B11, "feature_strides": [8, 16]},
+                                                      "density": {**RAW, "bank_size": 2048}},
+    # smaller graphs, for the latency targets (bench/results/latency.md): a smaller input
+    "linewatch level 1, whitened, bank 1024, 11 blocks, 160 px input": {"model": {**B11, "image_size": 160}},
 }
 FEATURE_BASELINES: dict[str, Callable] = {
     "kNN patch distance (PatchCore-like)": KnnPatchDistance,
@@ -142,7 +148,8 @@ class FeatureCache:
 
     def __init__(self, config: TrainConfig):
         self.config = config
-        self.module = lite0_patch_features(config.model.feature_strides, config.model.patch_pool).eval()
+        self.module = lite0_patch_features(config.model.feature_strides, config.model.patch_pool,
+                                           config.model.lite0_blocks).eval()
         self.maps: dict[str, np.ndarray] = {}
         self.seconds: dict[str, float] = {}      # extraction seconds per image (batched)
 
@@ -375,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", metavar="NAME",
                     help="compute only these methods (names as in the table; 'anomalib' for the peers); their rows "
                          "are saved beside the others and the report merges them")
+    ap.add_argument("--seed-rows", type=Path, metavar="CSV",
+                    help="start from the rows of an earlier report's accuracy.csv (e.g. bench/results/accuracy.csv) "
+                         "for the cases that have no saved rows yet; with --methods, only those methods are re-run")
     args = ap.parse_args(argv)
     out = Path(args.out or ("/tmp/linewatch-accuracy-quick" if args.quick else BENCH / "results"))
     data = Path(args.data) / ("quick" if args.quick else "full")
@@ -398,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         peer_root = Path("/tmp/linewatch-peer-runs") / ("quick" if args.quick else "full")
     rows_dir = data / "rows" / ("with-peers" if peer_root else "no-peers")
     rows_dir.mkdir(parents=True, exist_ok=True)
+    if args.seed_rows:
+        seed_rows_from_csv(args.seed_rows, rows_dir)
     rows = []
     for name, kind, folder, cfg in folders:
         tag = "" if not args.methods else "+" + hashlib.sha1("|".join(sorted(args.methods)).encode()).hexdigest()[:8]
@@ -431,6 +443,26 @@ def merged_rows(rows_dir: Path, case: str) -> list[dict]:
         for r in json.loads(f.read_text()):
             merged[(r["method"], r["subset"])] = r
     return list(merged.values())
+
+
+def seed_rows_from_csv(path: Path, rows_dir: Path) -> None:
+    """Write ``rows_dir/<case>.json`` from an earlier ``accuracy.csv`` for every case without saved rows
+    (the rows of a full run; ``--methods`` runs are merged over them as usual)."""
+    by_case: dict[str, list[dict]] = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            row: dict = {}
+            for k, v in r.items():
+                if k in ("case", "kind", "method", "subset"):
+                    row[k] = v
+                elif v not in ("", None):
+                    row[k] = int(float(v)) if k in ("n_good", "n_defect") else float(v)
+            by_case.setdefault(row["case"], []).append(row)
+    for case, case_rows in by_case.items():
+        target = rows_dir / f"{case}.json"
+        if not target.is_file():
+            target.write_text(json.dumps(case_rows))
+            print(f"== {case}: {len(case_rows)} rows taken from {path}", flush=True)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT = "linewatch default (level 1, whitened, bank 1024)"
+DEFAULT = "linewatch default (level 1, whitened, bank 1024, Lite0 cut after block 7)"
 FAR_TARGET = 0.01
 
 

@@ -56,6 +56,9 @@ PLAN = {
     "quick": {"b1": (25, 2), "slow_b1": (8, 2), "tp_s": 0.5, "cold": 3, "profile": (20, 2)},
 }
 DEMO = {"n_train": 60, "n_test_good": 20, "n_test_per_defect": 4, "n_validation": 100}
+# Smaller graphs measured beside the default (fp32, same data): label -> configuration overrides. Their
+# accuracy is in bench/results/accuracy.md under the same change.
+VARIANTS = {"linewatch fp32, Lite0 11 blocks (earlier default)": {"model": {"lite0_blocks": 11}}}
 
 
 # ==================================================================================================
@@ -317,8 +320,7 @@ def count_macs(path: str) -> dict:
             if known(w) and known(y):
                 macs = int(np.prod(y)) * int(np.prod(w[1:]))
         elif op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul"):
-            a_name, b_name = (n.input[0], n.input[3]) if op == "QLinearMatMul" else (n.input[0], n.input[1])
-            a, b, y = shapes.get(a_name), shapes.get(b_name), shapes.get(n.output[0])
+            a, y = shapes.get(n.input[0]), shapes.get(n.output[0])
             if known(a) and known(y):
                 k = a[-1]
                 if op == "Gemm" and any(at.name == "transA" and at.i for at in n.attribute):
@@ -567,7 +569,6 @@ def w_profile(job: dict) -> dict:
 def w_nodes(job: dict) -> dict:
     """onnxruntime's own per-node profile of a scoring graph, batch 1, 1 thread: where the session's time goes."""
     import collections
-    import numpy as np
     import onnxruntime as ort
     from linewatch.runtime.inspector import session_options
     from linewatch.runtime.preprocess import preprocess, read_image
@@ -736,30 +737,35 @@ def prepare_data() -> Path:
     return build_texture("brick", CACHE / "data", DemoSpec(**DEMO))
 
 
-def prepare_fp32(data: Path, given: str | None) -> tuple[Path, Path | None, str]:
-    """-> (fp32 bundle, its checkpoint or None, how it was obtained)."""
+def prepare_fp32(data: Path, given: str | None, name: str = "bundle-fp32",
+                 overrides: dict | None = None) -> tuple[Path, Path | None, str]:
+    """-> (fp32 bundle, its checkpoint or None, how it was obtained). ``overrides``: configuration
+    changes from the default (a variant, cached under ``name``)."""
     from linewatch.runtime.bundle import Bundle
     if given:
         b = Path(given)
         ck = b.with_name(b.name + ".ckpt")
         return b, (ck if ck.is_file() else None), f"given: {b}"
-    b = CACHE / "bundle-fp32"
+    b = CACHE / name
     ck = b.with_name(b.name + ".ckpt")
-    stamp = CACHE / "bundle-fp32.source"
-    src = _source_stamp()
+    stamp = CACHE / f"{name}.source"
+    src = _source_stamp() + json.dumps(overrides or {}, sort_keys=True)
+    what = "default" if not overrides else json.dumps(overrides)
     if b.is_dir() and ck.is_file() and stamp.is_file() and stamp.read_text() == src:
         try:
             Bundle.load(b)
-            return b, ck, f"cached default bundle {b}"
+            return b, ck, f"cached {what} bundle {b}"
         except Exception:  # noqa: BLE001
             pass
-    say(f"training the default 224-px bundle on {data} (1 thread) -> {b}")
+    say(f"training the {what} 224-px bundle on {data} (1 thread) -> {b}")
     from linewatch.jobs.train import run_train
     from linewatch.training.config import config_from_dict
     t0 = time.perf_counter()
-    run_train(data, b, config_from_dict({"threads": 1}), lambda m: say(f"  train: {m}"), overwrite=True)
+    run_train(data, b, config_from_dict({"threads": 1, **(overrides or {})}), lambda m: say(f"  train: {m}"),
+              overwrite=True)
     stamp.write_text(src)
-    (CACHE / "bundle-int8").exists() and shutil.rmtree(CACHE / "bundle-int8")
+    if not overrides:
+        (CACHE / "bundle-int8").exists() and shutil.rmtree(CACHE / "bundle-int8")
     return b, (ck if ck.is_file() else None), f"trained here in {time.perf_counter() - t0:.0f} s: {b}"
 
 
@@ -873,6 +879,12 @@ def measure(args) -> dict:
     R["bundles"]["int8"] = {"path": str(int8) if int8 else None, "how": how8,
                             "bytes": dir_bytes(int8) if int8 else None}
     say(f"fp32: {how}; int8: {how8}")
+    R["bundles"]["variants"] = {}
+    for label, overrides in ({} if args.no_variants else VARIANTS).items():
+        vb, _, vhow = prepare_fp32(data, None, "bundle-" + "-".join(f"{k}-{v}" for sec in overrides.values()
+                                                                   for k, v in sec.items()), overrides)
+        R["bundles"]["variants"][label] = {"path": str(vb), "how": vhow, "bytes": dir_bytes(vb),
+                                           "overrides": overrides}
     peers, peer_note = prepare_peers(data, not args.no_peers)
     R["peers"] = {"models": peers, "note": peer_note}
     graphs = prepare_profile_graphs(ckpt)
@@ -880,6 +892,8 @@ def measure(args) -> dict:
     models: dict[str, dict] = {"linewatch fp32": {"model": "linewatch", "bundle": str(fp32)}}
     if int8:
         models["linewatch int8"] = {"model": "linewatch", "bundle": str(int8)}
+    for label, v in R["bundles"]["variants"].items():
+        models[label] = {"model": "linewatch", "bundle": v["path"]}
     for m, info in peers.items():
         models[info["label"]] = {"model": "anomalib", "onnx": info["onnx"], "size": info["input_size"]}
     common = {"data": str(data), "tmp": str(tmp), "tp_s": plan["tp_s"], "quick": args.quick}
@@ -1024,6 +1038,8 @@ def redo_process(R: dict) -> dict:
     models = {"linewatch fp32": {"model": "linewatch", "bundle": R["bundles"]["fp32"]["path"]}}
     if R["bundles"]["int8"]["path"]:
         models["linewatch int8"] = {"model": "linewatch", "bundle": R["bundles"]["int8"]["path"]}
+    for label, v in R["bundles"].get("variants", {}).items():
+        models[label] = {"model": "linewatch", "bundle": v["path"]}
     for info in R["peers"]["models"].values():
         models[info["label"]] = {"model": "anomalib", "onnx": info["onnx"], "size": info["input_size"]}
     ck = Path(R["bundles"]["fp32"]["path"])
@@ -1195,6 +1211,8 @@ def write_report(R: dict, path: Path) -> None:
             size = b8["fp32"]["bytes"] / 1e6
         elif lab == lw8:
             size = b8["int8"]["bytes"] / 1e6 if b8["int8"]["bytes"] else None
+        elif lab in b8.get("variants", {}):
+            size = b8["variants"][lab]["bytes"] / 1e6
         elif lab.startswith("torch"):
             size = (get(lab, 1, "session", "state_bytes") or 0) / 1e6 or None
         else:
@@ -1324,8 +1342,8 @@ def changes_section(R: dict) -> list[str]:
         "files in input order (they used to jump ahead of the images waiting in the batch).",
         "7. **Batching, measured**: at one thread a batch does not lower the per-image session cost, it raises it "
         + batch_text(R) + " (the early 112 x 112 activations of a batch no longer fit in cache), and the "
-        "onnxruntime arena grows with the batch (" + rss_text(R) + "). So at one thread use `--batch-size 1`; the command's default of 8 is "
-        "kept here (`linewatch/cli.py` belongs to the int8 work in flight) and should become 1 for one thread.",
+        "onnxruntime arena grows with the batch (" + rss_text(R) + "). So `linewatch inspect --batch-size auto` (the default) "
+        "uses batch 1 at one thread and with `--workers`, and batch 8 only for intra-op threads.",
         "8. **Looked at and kept**: decoding is already one `cv2.imdecode(IMREAD_UNCHANGED)` on the file's bytes (PNG "
         "inflate is the cost; nothing is converted twice); the JSON record is flushed per record, as required, "
         "without fsync; p-values are one `searchsorted` per batch; the CPU arena stays on (off, a batch-1 run "
@@ -1408,8 +1426,8 @@ def misses_section(R, p, tp, best_tp, best_tp_e2e, fastest_peer, peak, peak8) ->
                 "Quantise the early blocks too (the int8 export keeps the stem and blocks 0-6 in fp32 because int8 "
                 "there breaks the accuracy gate on gravel and grass; see `export/quantize.py`: here only "
                 f"{fl.get(label, {}).get('int8_macs', 0) / max(fl.get(label, {}).get('macs', 1), 1):.0%} of the "
-                "multiply-adds run in int8), use a smaller bank (`density.bank_size` 2048 -> 1024 halves the "
-                "density's Gemm) or a smaller input. This CPU has no VNNI, so int8 convolutions gain little over "
+                "multiply-adds run in int8), use a smaller bank (`density.bank_size`, 1024 by default since "
+                "bench/results/accuracy.md; 512 would halve the density's Gemm again) or a smaller input. This CPU has no VNNI, so int8 convolutions gain little over "
                 "fp32 here; ARM dot-product or VNNI CPUs gain more."
                 if label == lw8 else
                 f"int8 in the backbone (as far as the accuracy gate allows), a smaller density bank "
@@ -1447,7 +1465,7 @@ def misses_section(R, p, tp, best_tp, best_tp_e2e, fastest_peer, peak, peak8) ->
             missed = True
             rb = pr.get(label, {}).get("rss_by_batch_mb", {})
             out.append(f"- **{label}, peak RSS {r:.0f} MB > {TARGETS['rss_mb']:g} MB** (`linewatch inspect`, default "
-                       "batch 8). The onnxruntime arena keeps a batch's activations"
+                       "`--batch-size auto`). The onnxruntime arena keeps a batch's activations"
                        + (f"; at `--batch-size 1` the same run peaks at {rb['1']:.0f} MB" if "1" in rb else "") + ".")
     b8 = R["bundles"]["int8"]["bytes"]
     if b8 and b8 / 1e6 > TARGETS["int8_mb"]:
@@ -1460,6 +1478,18 @@ def misses_section(R, p, tp, best_tp, best_tp_e2e, fastest_peer, peak, peak8) ->
     if fastest_peer and e is not None and e >= fastest_peer:
         missed = True
         out.append(f"- **Not faster than every anomalib model**: fastest peer {fastest_peer:.2f} ms vs {e:.2f} ms.")
+    for label, v in R["bundles"].get("variants", {}).items():
+        e, s1 = p(label, 1, "e2e", "p50"), p(label, 1, "session", "p50")
+        if e is None:
+            continue
+        b, bp = best_tp(label), best_tp_e2e(label)
+        out.append(
+            f"- **Measured beside the default: {label}** (`{json.dumps(v['overrides'])}`): end-to-end p50 {e:.2f} ms "
+            f"at 1 thread ({'meets' if e <= TARGETS['e2e_fp32_ms'] else 'misses'} the fp32 target of "
+            f"{TARGETS['e2e_fp32_ms']:g} ms), session {s1:.2f} ms, multiply-add floor {floor_of(label):.2f} ms"
+            + (f", best 2-thread throughput {b:.0f} images/s (session; pipeline {bp:.0f})" if b and bp else "")
+            + ". What it costs in accuracy is in bench/results/accuracy.md (the row with the same change); the "
+            "default follows that table.")
     if not missed:
         out.append("- None: every target is met in this run.")
     return out + [""]
@@ -1479,10 +1509,12 @@ def main(argv=None) -> int:
     ap.add_argument("--bundle", help="fp32 bundle (default: train the default configuration on the demo brick data)")
     ap.add_argument("--int8-bundle", help="int8 bundle (default: export one from the fp32 bundle's checkpoint)")
     ap.add_argument("--no-peers", action="store_true", help="leave anomalib out")
+    ap.add_argument("--no-variants", action="store_true", help="leave out the smaller linewatch graphs (VARIANTS)")
     ap.add_argument("--out", type=Path, help="report path (default bench/results/latency.md, or latency-quick.md)")
     ap.add_argument("--json", type=Path, help="also write the raw figures as JSON here")
-    ap.add_argument("--redo", choices=["process"],
-                    help="re-measure only this section of the last run (cache last.json) and rewrite the report")
+    ap.add_argument("--redo", choices=["process", "report"],
+                    help="process: re-measure cold start and peak RSS of the last run (cache last.json) and rewrite "
+                         "the report; report: only rewrite it from last.json (e.g. with another --note)")
     ap.add_argument("--note", action="append", default=[], help="a note to add to the report (repeatable)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -1490,17 +1522,19 @@ def main(argv=None) -> int:
         return worker_main(args.worker)
     t0 = time.perf_counter()
     if args.redo:
-        R = redo_process(json.loads((CACHE / ("last-quick.json" if args.quick else "last.json")).read_text()))
+        R = json.loads((CACHE / ("last-quick.json" if args.quick else "last.json")).read_text())
+        if args.redo == "process":
+            R = redo_process(R)
     else:
         R = measure(args)
+        R["seconds"] = time.perf_counter() - t0
     R["notes"] = list(R.get("notes", [])) + args.note
-    R["seconds"] = time.perf_counter() - t0
     out = args.out or (CACHE / "latency-quick.md" if args.quick else RESULTS / "latency.md")
     if args.json:
         args.json.write_text(json.dumps(R, indent=1))
     (CACHE / ("last-quick.json" if args.quick else "last.json")).write_text(json.dumps(R, indent=1))
     write_report(R, out)
-    say(f"wrote {out} in {R['seconds']:.0f} s")
+    say(f"wrote {out} in {time.perf_counter() - t0:.0f} s")
     return 0
 
 

@@ -122,7 +122,7 @@ class _MapWorker:
         self.config = config_from_dict(config_dict)
         m = self.config.model
         self.spec = input_spec_for(self.config)
-        self.features = lite0_patch_features(m.feature_strides, m.patch_pool).eval()
+        self.features = lite0_patch_features(m.feature_strides, m.patch_pool, m.lite0_blocks).eval()
 
     def maps(self, paths: list[str]) -> tuple[np.ndarray | None, list[int], list[str]]:
         """Decode, preprocess and extract ``paths`` -> (maps ``float32 (n_ok, D, h, w)``, indices of the

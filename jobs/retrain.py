@@ -50,7 +50,7 @@ import numpy as np
 from ..runtime.bundle import Bundle, BundleError, sha256_file, write_bundle
 from ..runtime.inspector import Inspector
 from ..training.checkpoint import default_checkpoint_path, make_checkpoint, save_checkpoint
-from ..training.config import TrainConfig, config_from_dict
+from ..training.config import TrainConfig, config_from_stored
 from ..training.data import DataError, Dataset, discover, fingerprint, load_images
 from ..training.metrics import auroc
 from .export import export_checkpoint
@@ -153,7 +153,8 @@ def fit_on_paths(paths: list[Path], groups: list[str], validation: list[Path], c
             if validation:
                 val_maps, val_used, val_errors = extractor.maps(validation, say)
                 errors = errors + val_errors
-        features = lite0_patch_features(config.model.feature_strides, config.model.patch_pool).eval()
+        features = lite0_patch_features(config.model.feature_strides, config.model.patch_pool,
+                                        config.model.lite0_blocks).eval()
     else:
         images, used, errors = load_images(paths, spec, _every(100, say, "loading"))
         val_images, val_used = None, []
@@ -163,7 +164,8 @@ def fit_on_paths(paths: list[Path], groups: list[str], validation: list[Path], c
         if config.model.backbone != "lite0":      # features trained on the images: the plain fit
             det = fit_detector(images, config, say, [group_of[p] for p in used], val_images)
             return det, used, val_used, errors
-        features = lite0_patch_features(config.model.feature_strides, config.model.patch_pool).eval()
+        features = lite0_patch_features(config.model.feature_strides, config.model.patch_pool,
+                                        config.model.lite0_blocks).eval()
         maps = extract(features, images, config.batch_size, _every(8 * config.batch_size, say, "features"))
         val_maps = None if val_images is None else extract(features, val_images, config.batch_size)
     for e in errors:
@@ -327,7 +329,7 @@ def run_retrain(bundle: str | os.PathLike, data: str | os.PathLike, verdicts: st
     if "config" not in parent.manifest.lineage:
         raise BundleError(f"{parent.path}: the manifest has no lineage.config (training configuration); "
                           "retrain needs a bundle written by `linewatch train`")
-    config = config_from_dict(parent.manifest.lineage["config"], where=f"{parent.path} (lineage.config)")
+    config = config_from_stored(parent.manifest.lineage["config"], where=f"{parent.path} (lineage.config)")
 
     vs = read_verdicts(verdicts)
     _check_bundles(vs, parent, any_bundle, say)

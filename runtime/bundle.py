@@ -12,7 +12,9 @@ is verified on load. ``manifest.sha256`` holds the sha256 of the manifest's byte
 manifest is refused too (bundles written before it existed load without it). With the key
 ``LINEWATCH_BUNDLE_KEY`` set, ``manifest.sig`` must hold the manifest's HMAC (:mod:`.signing`).
 Bundles are written to a temporary sibling folder and renamed into place, so a reader never sees a
-partial bundle.
+partial bundle. A writer killed on the way leaves its sibling folders (``.NAME.tmp-PID-*``, and when
+it was replacing a bundle ``.NAME.old-PID``); the next ``write_bundle`` to the same place removes them
+once their process is gone, and puts a previous bundle back if the kill fell between the two renames.
 """
 from __future__ import annotations
 
@@ -191,6 +193,11 @@ class Bundle:
         root = Path(path)
         mpath = root / MANIFEST_NAME
         if not root.is_dir():
+            left = sorted(root.parent.glob(f".{root.name}.old-*")) if root.name else []
+            if left:
+                raise BundleError(f"{root}: no such bundle folder, but {left[0]} holds the bundle that was there "
+                                  "before a replacement was interrupted; rename it back to "
+                                  f"{root.name} (or write the bundle again)")
             raise BundleError(f"{root}: no such bundle folder; pass the folder written by `linewatch train`")
         if not mpath.is_file():
             raise BundleError(f"{root}: {MANIFEST_NAME} is missing; this is not a complete linewatch bundle")
@@ -269,7 +276,10 @@ def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, st
     if out.exists() and not overwrite:
         raise BundleError(f"{out}: already exists; choose another --out or remove it first")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    sweep_interrupted_writes(out)
+    if out.exists() and not overwrite:      # a previous bundle put back by the sweep
+        raise BundleError(f"{out}: already exists; choose another --out or remove it first")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         os.chmod(tmp, umask_mode(0o777))
         manifest.files = {}
@@ -301,3 +311,45 @@ def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, st
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Bundle.load(out)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:              # someone else's live process
+        return True
+    return True
+
+
+def _writer_pid(sibling: Path, out: Path, kind: str) -> int | None:
+    """The PID in ``.OUT.tmp-PID-xxxx`` or ``.OUT.old-PID``; None for a name of another shape."""
+    rest = sibling.name[len(f".{out.name}.{kind}-"):]
+    head = rest.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def sweep_interrupted_writes(out: str | os.PathLike) -> list[Path]:
+    """Clean up after ``write_bundle`` calls to ``out`` whose process died (SIGKILL, power loss).
+
+    Their temporary folders are removed. A ``.OUT.old-PID`` folder is the bundle that was at ``out``
+    before an interrupted replacement: it is renamed back when ``out`` is missing (the kill fell
+    between the two renames), and removed otherwise. Folders of live processes are left alone.
+
+    Returns:
+        the sibling folders removed or restored.
+    """
+    out = Path(out)
+    done = []
+    for kind in ("old", "tmp"):
+        for sib in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+            pid = _writer_pid(sib, out, kind)
+            if pid is None or pid == os.getpid() or _pid_alive(pid) or not sib.is_dir():
+                continue
+            if kind == "old" and not out.exists():
+                sib.rename(out)
+            else:
+                shutil.rmtree(sib, ignore_errors=True)
+            done.append(sib)
+    return done

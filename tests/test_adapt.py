@@ -177,6 +177,8 @@ def test_sigkill_during_adapt_never_leaves_a_partial_bundle(small_bundle, shifte
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
+    from linewatch.runtime.bundle import sweep_interrupted_writes
+    assert sweep_interrupted_writes(out) and not list(tmp_path.glob(".b2.*"))   # the next write's clean-up
 
     outcomes = []
     rng = np.random.default_rng(1)

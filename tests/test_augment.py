@@ -45,11 +45,11 @@ def test_manifest_lists_the_decoder_and_start_maps(aug_bundle):
     m = Bundle.load(aug_bundle).manifest
     d = m.decoder
     assert {"decoder.onnx", "augment_start.npz", "chain_step.onnx"} <= set(m.files)
-    assert (d["map_height"], d["map_width"], d["feature_dim"]) == (4, 4, 112)
+    assert (d["map_height"], d["map_width"], d["feature_dim"]) == (4, 4, 80)      # Lite0 cut after block 7
     assert (d["image_height"], d["image_width"], d["channels"]) == (64, 64, 3)
     assert d["parity_max_abs_diff"] < 1e-4 and d["model_output"] == "patch_features"
     assert d["augment"]["n_start_maps"] == 8 and m.chain["state_level"] == 1
-    assert m.density["level"] == 1 and m.density["code_dim"] == 112   # the stack does not change the density
+    assert m.density["level"] == 1 and m.density["code_dim"] == 80   # the stack does not change the density
 
 
 def test_decoder_input_is_model_patch_features(aug_bundle, small_category):

@@ -1,11 +1,13 @@
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from linewatch.runtime.bundle import (SCHEMA_VERSION, Bundle, BundleError, Calibration, Decision, Manifest,
-                                      ModelSpec, seal_manifest, write_bundle)
+                                      ModelSpec, seal_manifest, sweep_interrupted_writes, write_bundle)
 from linewatch.runtime.inspector import Inspector
 from linewatch.runtime.preprocess import InputSpec
 
@@ -31,6 +33,48 @@ def test_refuses_to_overwrite_without_asking(tmp_path):
     write_bundle(tmp_path / "b", tiny_manifest(), {"model.onnx": b"y"}, overwrite=True)
     assert (tmp_path / "b" / "model.onnx").read_bytes() == b"y"
 
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_replacement_is_undone_and_its_leftovers_swept(tmp_path):
+    """The state a SIGKILL between write_bundle's two renames leaves: no bundle at `b`, the previous one in
+    `.b.old-PID`, the new one complete in `.b.tmp-PID-*`. Loading says where the previous bundle is; the next
+    write puts it back first (so without overwrite it is not clobbered) and removes the dead writer's folders."""
+    write_bundle(tmp_path / "b", tiny_manifest(), {"model.onnx": b"old"})
+    pid = dead_pid()
+    (tmp_path / "b").rename(tmp_path / f".b.old-{pid}")
+    shutil.copytree(tmp_path / f".b.old-{pid}", tmp_path / f".b.tmp-{pid}-x1y2")
+    with pytest.raises(BundleError, match=rf"\.b\.old-{pid} holds the bundle that was there"):
+        Bundle.load(tmp_path / "b")
+    with pytest.raises(BundleError, match="already exists"):
+        write_bundle(tmp_path / "b", tiny_manifest(), {"model.onnx": b"new"})
+    assert Bundle.load(tmp_path / "b").path.joinpath("model.onnx").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_sweep_removes_dead_writers_temp_folders_and_spares_live_ones(tmp_path):
+    write_bundle(tmp_path / "b", tiny_manifest(), {"model.onnx": b"x"})
+    dead = tmp_path / f".b.tmp-{dead_pid()}-abcd"
+    stale_old = tmp_path / f".b.old-{dead_pid()}"
+    dead.mkdir()
+    stale_old.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = tmp_path / f".b.tmp-{live.pid}-efgh"
+        busy.mkdir()
+        odd = tmp_path / ".b.tmp-notapid"
+        odd.mkdir()
+        assert sorted(sweep_interrupted_writes(tmp_path / "b")) == sorted([dead, stale_old])
+        assert busy.is_dir() and odd.is_dir() and not dead.exists() and not stale_old.exists()
+        assert (tmp_path / "b" / "model.onnx").read_bytes() == b"x"   # `b` existed: the old copy was just dropped
+    finally:
+        live.kill()
+        live.wait()
 
 def edit_manifest(path, **changes):
     m = json.loads((path / "manifest.json").read_text())

@@ -10,7 +10,10 @@ from linewatch.runtime.preprocess import ImageError, InputSpec, decode_image, pr
 RGB = InputSpec(32, 32, 3, "RGB", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 GRAY = InputSpec(16, 16, 1, "GRAY", (0.5,), (0.5,))
 MAX_PIXELS = 1 << 20           # a mutated header may claim gigapixels; the limit is what stops them
-FUZZ = settings(max_examples=200, deadline=2000, database=None,
+# Per example: far above a decode of these small payloads (milliseconds), so it only fails on a decode that
+# runs away (a header claiming gigapixels that slipped past the limit), not on a busy 2-core CI machine.
+DEADLINE_MS = 10_000
+FUZZ = settings(max_examples=200, deadline=DEADLINE_MS, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -49,7 +52,7 @@ def test_mutated_images_never_escape_as_another_exception(payload):
         check_model_inputs(xs)
 
 
-@settings(max_examples=60, deadline=2000, database=None)
+@settings(max_examples=60, deadline=DEADLINE_MS, database=None)
 @given(valid_images(max_side=48))
 def test_valid_images_decode_to_their_header_size(payload):
     header = read_header(payload)
@@ -59,7 +62,7 @@ def test_valid_images_decode_to_their_header_size(payload):
         check_model_inputs([preprocess(img, RGB), preprocess(img, GRAY)])
 
 
-@settings(max_examples=200, deadline=1000, database=None)
+@settings(max_examples=200, deadline=DEADLINE_MS, database=None)
 @given(image_payloads())
 def test_header_reader_raises_only_header_error(payload):
     try:

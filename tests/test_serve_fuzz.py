@@ -20,7 +20,7 @@ def server(small_bundle):
         yield srv
 
 
-@settings(max_examples=120, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=120, deadline=20_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=image_payloads())
 def test_any_bytes_get_a_json_verdict_or_a_json_4xx(server, payload):
     status, _, body = call(server, "POST", "/v1/inspect", payload, {"Content-Type": "application/octet-stream"})

@@ -39,7 +39,7 @@ import torch
 
 from ..runtime.bundle import linewatch_version, umask_mode
 from ..runtime.preprocess import ImageError, InputSpec, decode_image, preprocess
-from .config import TrainConfig, config_from_dict
+from .config import TrainConfig, config_from_stored
 from .data import Dataset
 from .fit import FittedDetector
 
@@ -175,7 +175,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         images = d["images"]
         ckpt = Checkpoint(
-            detector=d["detector"], config=config_from_dict(d["config"], where=f"{path} (config)"),
+            detector=d["detector"], config=config_from_stored(d["config"], where=f"{path} (config)"),
             training_data=dict(d["training_data"]),
             train_images=[StoredImage(**s) for s in images["train"]],
             validation_images=[StoredImage(**s) for s in images["validation"]],

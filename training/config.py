@@ -22,6 +22,7 @@ class ModelConfig:
     channels: int = 3                # 3 (RGB) or 1 (grey; conv_ae only)
     feature_strides: list[int] = field(default_factory=lambda: [16])   # lite0: 8 and/or 16; conv_ae: 2 and/or 4
     patch_pool: int = 3              # average features over pool x pool neighbouring patches (1 = off)
+    lite0_blocks: int = 8            # lite0 blocks run (6..11); the last one is the stride-16 tap (8: 80 ch)
 
 
 @dataclass
@@ -139,6 +140,8 @@ class TrainConfig:
         allowed = {"lite0": {8, 16}, "conv_ae": {2, 4}}[m.backbone]
         if not m.feature_strides or not set(m.feature_strides) <= allowed:
             raise ConfigError(f"model.feature_strides for {m.backbone} must be a non-empty subset of {sorted(allowed)}")
+        if m.backbone == "lite0" and not 6 <= m.lite0_blocks <= 11:
+            raise ConfigError(f"model.lite0_blocks must be in 6..11 (the stride-16 blocks), got {m.lite0_blocks}")
         if m.patch_pool < 1 or m.patch_pool % 2 == 0:
             raise ConfigError("model.patch_pool must be an odd number >= 1")
         if not 1 <= self.density.level <= len(self.stack.widths) + 1:
@@ -190,6 +193,20 @@ def _build(cls, data: Any, where: str):
 
 def config_from_dict(data: dict[str, Any] | None, where: str = "config") -> TrainConfig:
     return _build(TrainConfig, data or {}, where).validate()
+
+
+# Keys whose default changed: a configuration stored before the key existed (a checkpoint's, a bundle's
+# lineage) was trained with the value on the right, not with today's default.
+_BEFORE_THE_KEY = {("model", "lite0_blocks"): 11}
+
+
+def config_from_stored(data: dict[str, Any], where: str) -> TrainConfig:
+    """A configuration stored with a model (checkpoint, ``lineage.config``): as :func:`config_from_dict`,
+    but a key it lacks because it predates the key takes the value the model was trained with."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for (section, key), value in _BEFORE_THE_KEY.items():
+        data.setdefault(section, {}).setdefault(key, value)
+    return config_from_dict(data, where)
 
 
 def load_config(path: str | Path | None) -> TrainConfig:

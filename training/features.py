@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.conv_ae import ConvAutoencoder
-from .backbones.lite0 import TAP_CHANNELS, TAP_STRIDES, load_lite0
+from .backbones.lite0 import STRIDE16_BLOCKS, TAP_CHANNELS, TAP_STRIDE8, TAP_STRIDES, load_lite0
 
 
 class PatchFeatures(nn.Module):
@@ -47,9 +47,12 @@ def _taps_for(strides: list[int], by_stride: dict[int, int], what: str) -> tuple
     return tuple(by_stride[s] for s in sorted(set(strides)))
 
 
-def lite0_patch_features(strides: list[int], pool: int) -> PatchFeatures:
-    """Frozen ImageNet Lite0 taps at the given strides (8: 40 ch, 16: 112 ch)."""
-    taps = _taps_for(strides, {s: t for t, s in TAP_STRIDES.items()}, "lite0")
+def lite0_patch_features(strides: list[int], pool: int, blocks: int) -> PatchFeatures:
+    """Frozen ImageNet Lite0 taps at the given strides (8: 40 ch, 16: the output of the last of the
+    ``blocks`` blocks kept, ``model.lite0_blocks``: 112 ch for 9-11 blocks, 80 ch for 6-8)."""
+    if blocks - 1 not in STRIDE16_BLOCKS:
+        raise ValueError(f"model.lite0_blocks must be in {STRIDE16_BLOCKS.start + 1}..{STRIDE16_BLOCKS.stop}, got {blocks}")
+    taps = _taps_for(strides, {8: TAP_STRIDE8, 16: blocks - 1}, "lite0")
     return PatchFeatures(load_lite0(truncate_after=max(taps)), taps, sum(TAP_CHANNELS[t] for t in taps),
                          TAP_STRIDES[taps[0]], pool)
 

@@ -127,7 +127,7 @@ def build_bank(patches: np.ndarray, config: TrainConfig, seed: int) -> PatchBank
 def _features_module(images: np.ndarray, config: TrainConfig, progress: Progress) -> PatchFeatures:
     m = config.model
     if m.backbone == "lite0":
-        return lite0_patch_features(m.feature_strides, m.patch_pool)
+        return lite0_patch_features(m.feature_strides, m.patch_pool, m.lite0_blocks)
     ae_cfg = config.conv_ae
     progress(f"training the conv autoencoder on {len(images)} images ({ae_cfg.epochs} epochs)")
     ae = train_conv_ae(images, config.model.channels, ae_cfg.width, ae_cfg.epochs, ae_cfg.learning_rate,

@@ -46,18 +46,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 def export(engine, model, dest: Path, size: int) -> tuple[Path, str]:
     """``Engine.export(export_type="onnx")``; -> (onnx path, which exporter).
 
-    anomalib 2.7's ONNX export uses torch's dynamo exporter, which needs ``onnxscript``; the peer env
-    from ``bench/peers/requirements.txt`` does not have it. Then the same module (pre-processing,
-    model and post-processing, as ``to_onnx`` traces it) is exported with torch's TorchScript
-    exporter instead, to the same path and with the same input and output names.
+    anomalib 2.7's ONNX export uses torch's dynamo exporter, which needs ``onnxscript``. Without it,
+    or when the graph it writes has a fixed batch size (its PatchCore export fixes the batch at the
+    example's 2, which batch-1 inspection cannot feed), the same module (pre-processing, model and
+    post-processing, as ``to_onnx`` traces it) is exported with torch's TorchScript exporter instead,
+    to the same path, with the same input and output names and a dynamic batch axis.
     """
+    why = "onnxscript, needed by Engine.export's dynamo exporter, is not in the peer env"
     try:
         import onnxscript  # noqa: F401
     except ModuleNotFoundError:
         pass
     else:
-        path = engine.export(model=model, export_type="onnx", export_root=dest, input_size=(size, size))
-        return Path(path), "anomalib Engine.export (torch dynamo exporter)"
+        path = Path(engine.export(model=model, export_type="onnx", export_root=dest, input_size=(size, size)))
+        import onnx
+        dim0 = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+        if not dim0.HasField("dim_value"):
+            return path, "anomalib Engine.export (torch dynamo exporter)"
+        why = f"anomalib's Engine.export (dynamo) wrote a graph with its batch fixed at {dim0.dim_value}"
+        for f in path.parent.glob(path.name + "*"):
+            f.unlink()
     import warnings
 
     import torch
@@ -72,8 +80,7 @@ def export(engine, model, dest: Path, size: int) -> tuple[Path, str]:
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (probe,), str(path), dynamo=False, opset_version=17, input_names=["input"],
                           output_names=names, dynamic_axes=axes)
-    return path, ("torch.onnx.export(dynamo=False) of the module anomalib's to_onnx exports (onnxscript, needed by "
-                  "Engine.export's dynamo exporter, is not in the peer env)")
+    return path, f"torch.onnx.export(dynamo=False) of the module anomalib's to_onnx exports ({why})"
 
 
 def main() -> int:

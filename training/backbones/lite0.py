@@ -14,8 +14,11 @@ _STAGES = ((1, 3, 1, 1, 16), (6, 3, 2, 2, 24), (6, 5, 2, 2, 40), (6, 3, 2, 3, 80
            (6, 5, 1, 3, 112), (6, 5, 2, 4, 192), (6, 3, 1, 1, 320))
 # Block indices ending the stride-8 stage (40 channels) and the stride-16 stage (112 channels).
 TAP_STRIDE8, TAP_STRIDE16 = 4, 10
-TAP_CHANNELS = {TAP_STRIDE8: 40, TAP_STRIDE16: 112}
-TAP_STRIDES = {TAP_STRIDE8: 8, TAP_STRIDE16: 16}
+# Every block from 5 to 10 outputs a stride-16 map (5-7: 80 channels, 8-10: 112); any of them can be the
+# stride-16 tap (``model.lite0_blocks``), the blocks after it are then not run at all.
+STRIDE16_BLOCKS = range(5, 11)
+TAP_CHANNELS = {TAP_STRIDE8: 40, **{j: 80 if j <= 7 else 112 for j in STRIDE16_BLOCKS}}
+TAP_STRIDES = {TAP_STRIDE8: 8, **{j: 16 for j in STRIDE16_BLOCKS}}
 
 
 def _conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, act: bool = True) -> list[nn.Module]:
