@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "scale.md"))
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args(argv)
+    load_before = os.getloadavg()[0]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from linewatch.jobs.score_archive import run_score_archive
     from linewatch.runtime.inspect_run import read_results
@@ -128,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on this project's machine "
         f"({cores} cores, {platform.machine()}, Python {platform.python_version()}){' with --quick' if args.quick else ''}. "
-        "**The machine was shared with other jobs when this was measured: the throughput figures are "
-        "distorted (the lead re-runs `make bench-scale` on a quiet machine).** The identical-results check "
-        "does not depend on load. The configurations run one after another, so a change of load during the run "
-        "favours the later rows.",
+        f"Load average (1 min) {load_before:.1f} before the run and {os.getloadavg()[0]:.1f} after it (this run's own "
+        "work counts in the second; well above 2 before it means other jobs shared the cores and the images/s are "
+        "distorted). The identical-results check does not depend on load. The configurations run one after "
+        "another, so a change of load during the run favours the later rows.",
         "",
         f"Bundle: demo brick, {size} px, fp32. Archive: {rows[0][1]} PNG files (copies of the test images under "
         f"distinct names), batch size {args.batch_size}. `linewatch score-archive` writes the same "
