@@ -8,8 +8,10 @@ covers a few new good images (a new light, focus or region of the part):
 2. **Chain samples** (optional, chain bundles only; ``chain_samples > 0``): top-layer CAE chains
    started from the new patches (their codes decoded to the chain's state level by
    ``chain_decode.onnx``), run with ``chain_step.onnx``, and the recorded states encoded back to the
-   density's level by ``chain_encode.onnx``. Level-1 bundles (the default) have no chain: adaptation
-   then adds the new codes only.
+   density's level by ``chain_encode.onnx``. This needs the chain's samples to live at the density's
+   level (a density in the stack's top layer). Bundles without a stack (the default) have no chain,
+   and a level-1 density under a stack (kept for ``linewatch augment``) has one whose codes are not
+   the density's: both adapt with the new codes only.
 3. **New bank of the same size M** (the graph fixes M): a greedy k-centre coreset over the union of
    the parent's centres and the new rows. Each parent centre carries the number of training patches
    it stood for (``weight x N_parent``, where ``N_parent`` = training images x patches per image +
@@ -348,6 +350,11 @@ def adapt_bundle(bundle: str | os.PathLike | Bundle, good_paths: list[str | os.P
     if chain_samples and not parent.manifest.chain:
         raise ValueError(f"{parent.path}: this bundle has no chain (density level "
                          f"{parent.manifest.density.get('level', 1)}); adapt it with --chain-samples 0 (codes only)")
+    density_level = int(parent.manifest.density.get("level", 1))
+    if chain_samples and int(parent.manifest.chain.get("sample_level", density_level)) != density_level:
+        raise ValueError(f"{parent.path}: this bundle's chain samples live at stack level "
+                         f"{parent.manifest.chain['sample_level']}, its density at level {density_level} (the chain "
+                         "is there for `linewatch augment`); adapt it with --chain-samples 0 (codes only)")
     params = read_bundle_density(parent)
     m = parent.manifest
     alpha = float(m.decision.target_false_alarm_rate)

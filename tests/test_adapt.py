@@ -208,6 +208,26 @@ def test_calibration_images_set_the_threshold_exactly(small_bundle, shifted, tmp
     assert child.manifest.calibration.target_reachable is False     # 8 images cannot reach 1%
 
 
+def test_chain_samples_are_refused_where_the_chain_is_not_at_the_density_level(small_category, shifted, tmp_path):
+    """A level-1 density under a stack keeps the stack's chain for `augment`; its samples are top-layer codes,
+    not level-1 rows, so adapt refuses --chain-samples with a message (and adapts with codes only)."""
+    from linewatch.jobs.train import run_train
+    from linewatch.runtime.adapt import adapt_bundle
+    from linewatch.training.config import config_from_dict
+
+    from conftest import SMALL_CONFIG
+
+    b = tmp_path / "stacked"
+    run_train(small_category, b, config_from_dict({**SMALL_CONFIG, "stack": {"widths": [32], "epochs": 2}}),
+              checkpoint=False)
+    m = Bundle.load(b).manifest
+    assert m.density["level"] == 1 and m.chain["sample_level"] == 2
+    with pytest.raises(ValueError, match="chain samples live at stack level 2, its density at level 1"):
+        adapt_bundle(b, shifted["adapt"], tmp_path / "b2", chain_samples=16, threads=1)
+    child, summary = adapt_bundle(b, shifted["adapt"], tmp_path / "b2", threads=1)
+    assert summary["chain_samples"] == 0 and child.manifest.lineage["parent"] == Bundle.load(b).id
+
+
 @pytest.mark.slow
 def test_chain_bundle_adapts_with_chain_samples_without_torch(small_category, shifted, tmp_path):
     """A level-2 bundle ships chain_encode/decode.onnx; adapt runs chains from the new codes with torch blocked."""
