@@ -9,6 +9,7 @@ graph (the exported graph matches it within the parity tolerance). Writes ``benc
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="/tmp/linewatch-bench-data", help="where the demo data is built")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    base = config_from_dict({})
     spec = DemoSpec(size=64, n_train=24, n_test_good=8, n_test_per_defect=3) if args.quick else DemoSpec()
     folders = build_demo_dataset(Path(args.data) / ("quick" if args.quick else "full"), args.textures, spec)
     rows = []
@@ -82,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         f"Produced by `python bench/ablation.py` on {platform.machine()}, {args.threads} threads, "
         f"{time.strftime('%Y-%m-%d')}. Demo spec: {spec.n_train} training crops ({spec.size} px, two column "
         f"groups of the top half), {spec.n_test_good} good and {spec.n_test_per_defect} per defect type "
-        "test crops from the bottom half. Every variant runs the full fitting pipeline (bank 2048, weighted "
-        "Parzen, cross-fitted bandwidth and conformal threshold at 1 %). Fit seconds were measured while "
-        "other jobs shared the 2 cores: compare them only roughly.",
+        "test crops from the bottom half. Every variant runs the full fitting pipeline of the default "
+        f"configuration (Lite0 blocks {base.model.lite0_blocks}, bank {base.density.bank_size}, "
+        f"{'whitened' if base.density.whiten else 'raw'} features, weighted Parzen, cross-fitted bandwidth) "
+        "with the changes its name says. There are no validation crops here, so the threshold is the "
+        "cross-fitted one from the training crops alone: with whitened features it flags far more than 1 % "
+        "of the bottom-half good crops (bench/accuracy_notes.md explains why; `linewatch train` calibrates "
+        "on `validation/good`), so read the false-alarm column as a comparison between rows only. "
+        f"Load average (1 min) when the run started: {load_before:.1f}.",
         "",
         "| variant | texture | image AUROC | " + " | ".join(types) + " | false alarms (good test) | defects flagged | fit s |",
         "|---|---|---|" + "---|" * len(types) + "---|---|---|",
