@@ -49,7 +49,7 @@ from linewatch.runtime.calibration import ConformalCalibrator  # noqa: E402
 from linewatch.runtime.preprocess import read_image  # noqa: E402
 from linewatch.training.config import TrainConfig, config_from_dict  # noqa: E402
 from linewatch.training.data import discover, load_images  # noqa: E402
-from linewatch.training.features import extract, lite0_patch_features  # noqa: E402
+from linewatch.training.features import extract, lite0_features_for  # noqa: E402
 from linewatch.training.fit import fit_on_maps, input_spec_for, score_maps  # noqa: E402
 from linewatch.training.metrics import aupro, auroc, pixel_auroc  # noqa: E402
 
@@ -148,8 +148,7 @@ class FeatureCache:
 
     def __init__(self, config: TrainConfig):
         self.config = config
-        self.module = lite0_patch_features(config.model.feature_strides, config.model.patch_pool,
-                                           config.model.lite0_blocks).eval()
+        self.module = lite0_features_for(config.model).eval()
         self.maps: dict[str, np.ndarray] = {}
         self.seconds: dict[str, float] = {}      # extraction seconds per image (batched)
 

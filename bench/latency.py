@@ -881,8 +881,8 @@ def measure(args) -> dict:
     say(f"fp32: {how}; int8: {how8}")
     R["bundles"]["variants"] = {}
     for label, overrides in ({} if args.no_variants else VARIANTS).items():
-        vb, _, vhow = prepare_fp32(data, None, "bundle-" + "-".join(f"{k}-{v}" for sec in overrides.values()
-                                                                   for k, v in sec.items()), overrides)
+        slug = "-".join(f"{k}-{v}" for section in overrides.values() for k, v in section.items())
+        vb, _, vhow = prepare_fp32(data, None, f"bundle-{slug}", overrides)
         R["bundles"]["variants"][label] = {"path": str(vb), "how": vhow, "bytes": dir_bytes(vb),
                                            "overrides": overrides}
     peers, peer_note = prepare_peers(data, not args.no_peers)

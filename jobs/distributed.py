@@ -115,14 +115,14 @@ class _MapWorker:
         import torch
 
         from ..training.config import config_from_dict
-        from ..training.features import lite0_patch_features
+        from ..training.features import lite0_features_for
         from ..training.fit import input_spec_for
 
         torch.set_num_threads(1)
         self.config = config_from_dict(config_dict)
         m = self.config.model
         self.spec = input_spec_for(self.config)
-        self.features = lite0_patch_features(m.feature_strides, m.patch_pool, m.lite0_blocks).eval()
+        self.features = lite0_features_for(m).eval()
 
     def maps(self, paths: list[str]) -> tuple[np.ndarray | None, list[int], list[str]]:
         """Decode, preprocess and extract ``paths`` -> (maps ``float32 (n_ok, D, h, w)``, indices of the

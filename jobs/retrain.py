@@ -47,7 +47,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..runtime.bundle import Bundle, BundleError, sha256_file, write_bundle
+from ..runtime.bundle import Bundle, BundleError, dead_writer_pid, sha256_file, write_bundle
 from ..runtime.inspector import Inspector
 from ..training.checkpoint import default_checkpoint_path, make_checkpoint, save_checkpoint
 from ..training.config import TrainConfig, config_from_stored
@@ -89,16 +89,6 @@ def content_fingerprint(paths: list[Path]) -> dict[str, Any]:
     return {"n_images": len(paths), "sha256": h.hexdigest()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover_interrupted(out: Path, say: Callable[[str], None]) -> None:
     """Clean up after retrain runs into ``out`` that were killed: restore a moved-aside old bundle when
     ``out`` is missing, then remove their staging folders. Live runs' folders are left alone."""
@@ -106,11 +96,8 @@ def recover_interrupted(out: Path, say: Callable[[str], None]) -> None:
     if not out.parent.is_dir():
         return
     for stage in sorted(out.parent.glob(prefix + "*")):
-        try:
-            pid = int(stage.name[len(prefix):])
-        except ValueError:
-            continue
-        if pid == os.getpid() or _pid_alive(pid):
+        pid = dead_writer_pid(stage, prefix)
+        if pid is None:
             continue
         old = stage / "old"
         if not out.exists() and (old / "manifest.json").is_file():
@@ -133,7 +120,7 @@ def fit_on_paths(paths: list[Path], groups: list[str], validation: list[Path], c
     """
     import torch
 
-    from ..training.features import extract, lite0_patch_features
+    from ..training.features import extract, lite0_features_for
     from ..training.fit import fit_detector, fit_on_maps, input_spec_for
 
     say = progress or (lambda _m: None)
@@ -153,8 +140,7 @@ def fit_on_paths(paths: list[Path], groups: list[str], validation: list[Path], c
             if validation:
                 val_maps, val_used, val_errors = extractor.maps(validation, say)
                 errors = errors + val_errors
-        features = lite0_patch_features(config.model.feature_strides, config.model.patch_pool,
-                                        config.model.lite0_blocks).eval()
+        features = lite0_features_for(config.model).eval()
     else:
         images, used, errors = load_images(paths, spec, _every(100, say, "loading"))
         val_images, val_used = None, []
@@ -164,8 +150,7 @@ def fit_on_paths(paths: list[Path], groups: list[str], validation: list[Path], c
         if config.model.backbone != "lite0":      # features trained on the images: the plain fit
             det = fit_detector(images, config, say, [group_of[p] for p in used], val_images)
             return det, used, val_used, errors
-        features = lite0_patch_features(config.model.feature_strides, config.model.patch_pool,
-                                        config.model.lite0_blocks).eval()
+        features = lite0_features_for(config.model).eval()
         maps = extract(features, images, config.batch_size, _every(8 * config.batch_size, say, "features"))
         val_maps = None if val_images is None else extract(features, val_images, config.batch_size)
     for e in errors:

@@ -193,7 +193,7 @@ class Bundle:
         root = Path(path)
         mpath = root / MANIFEST_NAME
         if not root.is_dir():
-            left = sorted(root.parent.glob(f".{root.name}.old-*")) if root.name else []
+            left = sorted(root.parent.glob(sibling_prefix(root, "old") + "*")) if root.name else []
             if left:
                 raise BundleError(f"{root}: no such bundle folder, but {left[0]} holds the bundle that was there "
                                   "before a replacement was interrupted; rename it back to "
@@ -273,13 +273,11 @@ def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, st
         key = signing.key_from_env()
     except signing.SigningError as exc:
         raise BundleError(f"{out}: not written: {exc}") from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_interrupted_writes(out)           # may put back a previous bundle, which the check below then sees
     if out.exists() and not overwrite:
         raise BundleError(f"{out}: already exists; choose another --out or remove it first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sweep_interrupted_writes(out)
-    if out.exists() and not overwrite:      # a previous bundle put back by the sweep
-        raise BundleError(f"{out}: already exists; choose another --out or remove it first")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{sibling_prefix(out, 'tmp')}{os.getpid()}-", dir=out.parent))
     try:
         os.chmod(tmp, umask_mode(0o777))
         manifest.files = {}
@@ -301,7 +299,7 @@ def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, st
         if before_rename is not None:
             before_rename()
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            old = out.with_name(f"{sibling_prefix(out, 'old')}{os.getpid()}")
             out.rename(old)
             tmp.rename(out)
             shutil.rmtree(old, ignore_errors=True)
@@ -313,7 +311,14 @@ def write_bundle(out: str | os.PathLike, manifest: Manifest, files: dict[str, st
     return Bundle.load(out)
 
 
-def _pid_alive(pid: int) -> bool:
+def sibling_prefix(out: Path, kind: str) -> str:
+    """Name prefix of ``write_bundle``'s hidden folders beside ``out``: ``kind`` ``tmp`` (being written,
+    ``.OUT.tmp-PID-xxxx``) or ``old`` (the bundle being replaced, ``.OUT.old-PID``)."""
+    return f".{out.name}.{kind}-"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (someone else's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -323,11 +328,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _writer_pid(sibling: Path, out: Path, kind: str) -> int | None:
-    """The PID in ``.OUT.tmp-PID-xxxx`` or ``.OUT.old-PID``; None for a name of another shape."""
-    rest = sibling.name[len(f".{out.name}.{kind}-"):]
-    head = rest.split("-", 1)[0]
-    return int(head) if head.isdigit() else None
+def dead_writer_pid(sibling: Path, prefix: str) -> int | None:
+    """The PID in a writer's folder name ``PREFIX<pid>[-...]`` when that process is gone; None when the
+    name has no PID, or the PID is this process or another live one."""
+    head = sibling.name[len(prefix):].split("-", 1)[0]
+    if not head.isdigit():
+        return None
+    pid = int(head)
+    return None if pid == os.getpid() or pid_alive(pid) else pid
 
 
 def sweep_interrupted_writes(out: str | os.PathLike) -> list[Path]:
@@ -343,9 +351,9 @@ def sweep_interrupted_writes(out: str | os.PathLike) -> list[Path]:
     out = Path(out)
     done = []
     for kind in ("old", "tmp"):
-        for sib in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
-            pid = _writer_pid(sib, out, kind)
-            if pid is None or pid == os.getpid() or _pid_alive(pid) or not sib.is_dir():
+        prefix = sibling_prefix(out, kind)
+        for sib in sorted(out.parent.glob(prefix + "*")):
+            if not sib.is_dir() or dead_writer_pid(sib, prefix) is None:
                 continue
             if kind == "old" and not out.exists():
                 sib.rename(out)

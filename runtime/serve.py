@@ -49,7 +49,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import cv2
 
-from .bundle import MANIFEST_NAME, Bundle, BundleError
+from .bundle import MANIFEST_NAME, Bundle, BundleError, sibling_prefix
 from .heatmap import overlay
 from .inspector import Inspector
 from .preprocess import ImageError, decode_image, display_bgr
@@ -130,7 +130,7 @@ def _manifest_id(path: Path) -> str | None:
 def _write_in_progress(path: Path) -> bool:
     """``write_bundle`` is replacing ``path`` now: its temporary or old sibling folder exists."""
     try:
-        return any(path.parent.glob(f".{path.name}.tmp-*")) or any(path.parent.glob(f".{path.name}.old-*"))
+        return any(any(path.parent.glob(sibling_prefix(path, kind) + "*")) for kind in ("tmp", "old"))
     except OSError:
         return False
 

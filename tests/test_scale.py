@@ -50,14 +50,14 @@ def test_level1_maps_from_ray_actors_equal_the_single_process_maps(ray_local, sm
     from linewatch.jobs.distributed import RayFeatureExtractor
     from linewatch.training.config import config_from_dict
     from linewatch.training.data import discover, load_images
-    from linewatch.training.features import extract, lite0_patch_features
+    from linewatch.training.features import extract, lite0_features_for
     from linewatch.training.fit import input_spec_for
 
     cfg = config_from_dict({**SMALL_CONFIG, "batch_size": 4})
     paths = discover(small_category).train
     torch.set_num_threads(1)
     images, _, _ = load_images(paths, input_spec_for(cfg))
-    want = extract(lite0_patch_features(cfg.model.feature_strides, cfg.model.patch_pool, cfg.model.lite0_blocks).eval(), images, 4)
+    want = extract(lite0_features_for(cfg.model).eval(), images, 4)
     got, used, errors = RayFeatureExtractor(cfg, workers=2).maps(paths)
     assert used == paths and errors == []
     assert got.shape == want.shape and float(np.abs(got - want).max()) == 0.0

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from torch import nn
 
 from .backbones.conv_ae import ConvAutoencoder
 from .backbones.lite0 import STRIDE16_BLOCKS, TAP_CHANNELS, TAP_STRIDE8, TAP_STRIDES, load_lite0
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 class PatchFeatures(nn.Module):
@@ -55,6 +58,11 @@ def lite0_patch_features(strides: list[int], pool: int, blocks: int) -> PatchFea
     taps = _taps_for(strides, {8: TAP_STRIDE8, 16: blocks - 1}, "lite0")
     return PatchFeatures(load_lite0(truncate_after=max(taps)), taps, sum(TAP_CHANNELS[t] for t in taps),
                          TAP_STRIDES[taps[0]], pool)
+
+
+def lite0_features_for(model: "ModelConfig") -> PatchFeatures:
+    """:func:`lite0_patch_features` as ``model`` (the ``model`` section of a configuration) sets it."""
+    return lite0_patch_features(model.feature_strides, model.patch_pool, model.lite0_blocks)
 
 
 def conv_ae_patch_features(ae: ConvAutoencoder, strides: list[int], pool: int) -> PatchFeatures:

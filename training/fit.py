@@ -27,7 +27,7 @@ from ..runtime.preprocess import InputSpec
 from .backbones.conv_ae import train_conv_ae
 from .config import TrainConfig
 from .coreset import coverage_weights, greedy_coreset, nearest_index
-from .features import PatchFeatures, conv_ae_patch_features, extract, lite0_patch_features, to_patches
+from .features import PatchFeatures, conv_ae_patch_features, extract, lite0_features_for, to_patches
 from .levels import chain_samples, fit_stack
 from .parzen import ParzenDensity, log_density, log_density_grid
 from .pixel_decoder import PixelDecoder, display_images, fit_pixel_decoder
@@ -127,7 +127,7 @@ def build_bank(patches: np.ndarray, config: TrainConfig, seed: int) -> PatchBank
 def _features_module(images: np.ndarray, config: TrainConfig, progress: Progress) -> PatchFeatures:
     m = config.model
     if m.backbone == "lite0":
-        return lite0_patch_features(m.feature_strides, m.patch_pool, m.lite0_blocks)
+        return lite0_features_for(m)
     ae_cfg = config.conv_ae
     progress(f"training the conv autoencoder on {len(images)} images ({ae_cfg.epochs} epochs)")
     ae = train_conv_ae(images, config.model.channels, ae_cfg.width, ae_cfg.epochs, ae_cfg.learning_rate,
