@@ -6,13 +6,15 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 DEPS   := pyproject.toml constraints.txt requirements-runtime.txt requirements-train.txt requirements-test.txt requirements-scale.txt requirements-nodeps.txt
 
-.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-robustness bench-service bench-soak bench-scale bench-adapt bench-augment
+.PHONY: demo test test-all venv clean help bench-ablation bench-few-shot bench-paper bench-accuracy bench-peers-venv bench-latency bench-robustness bench-service bench-soak bench-scale bench-adapt bench-augment bench-suite bench-suite-quick
 
 help:
 	@echo "make demo      build the demo textures, train, inspect, print accuracy (creates .venv)"
 	@echo "make test      run the test suite without the slow end-to-end tests (creates .venv)"
 	@echo "make test-all  the whole suite, slow tests included"
 	@echo "make bench-accuracy  linewatch vs baselines vs anomalib (builds the anomalib env in bench/peers/.venv)"
+	@echo "make bench-suite     linewatch as shipped vs baselines and anomalib on 14 categories (bench/results/suite.md)"
+	@echo "make bench-suite-quick  the same on small data, without anomalib, <= 10 min (/tmp/lw-suite-quick/suite.md)"
 	@echo "make bench-ablation / bench-few-shot / bench-paper   re-measure bench/results/*.md"
 	@echo "make bench-adapt     few-shot adaptation vs no adaptation vs retraining (bench/results/adapt.md)"
 	@echo "make bench-scale     archive scoring images/s, one process vs Ray workers (bench/results/scale.md)"
@@ -75,6 +77,13 @@ bench-peers-venv: $(PEER_STAMP)
 
 bench-accuracy: $(STAMP) $(PEER_STAMP)
 	$(PY) bench/accuracy.py
+
+# 14 categories (7 DEV, 7 CONFIRM; data built by bench/suite_data.py and cached in /tmp/lw-suite-data).
+bench-suite: $(STAMP) $(PEER_STAMP)
+	$(PY) bench/suite.py
+
+bench-suite-quick: $(STAMP)
+	$(PY) bench/suite.py --quick
 
 # Run it on an otherwise idle machine: every configuration is timed in its own pinned process.
 bench-latency: $(STAMP) $(PEER_STAMP)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..runtime.bundle import Bundle, Calibration, Decision, Manifest, write_bundle
+from ..runtime.bundle import Bundle, Calibration, Decision, Manifest, Scoring, image_score_name, write_bundle
 from ..training.config import TrainConfig
 from ..training.fit import FittedDetector
 from .chain_codec import export_chain_codec
@@ -21,17 +21,18 @@ from .onnx_export import (CHAIN_NEXT, CHAIN_NOISE, CHAIN_STATE, DECODER_INPUT, D
 def build_manifest(det: FittedDetector, config: TrainConfig, parity: dict[str, Any],
                    training_data: dict[str, Any], lineage: dict[str, Any] | None = None) -> Manifest:
     cal = det.calibrator
+    scoring = scoring_of(det, config)
     return Manifest(
         model=model_spec(det.map_shape, config.export.opset, det.backbone),
         input=det.input_spec,
         decision=Decision(threshold=float(cal.threshold_), target_false_alarm_rate=cal.alpha,
-                          score_definition=f"mean of the {det.figures['top_k']} largest patch scores; "
-                                           "patch score = -log p(patch feature), nats"),
+                          score_definition=score_definition(scoring)),
         calibration=Calibration(
             method=det.calibration_method,
             scores=[float(s) for s in cal.scores_], target_reachable=bool(cal.target_reachable_),
             heatmap_low=det.heatmap_low, folds=int(det.figures.get("folds", 0)),
             false_alarm_rate_on_calibration=cal.false_alarm_rate(cal.scores_)),
+        scoring=scoring,
         density={"kind": "parzen-gaussian", "bandwidth": det.bandwidth, "weighted": config.density.weighted,
                  **{k: det.figures[k] for k in ("level", "bank_size", "feature_dim", "code_dim", "chain_samples",
                                                 "bandwidth_grid", "heldout_mean_loglik") if k in det.figures},
@@ -39,7 +40,39 @@ def build_manifest(det: FittedDetector, config: TrainConfig, parity: dict[str, A
         training_data={**training_data, "fit_seconds": det.figures.get("fit_seconds")},
         parity=parity,
         lineage={"parent": None, "config": config.to_dict(), **(lineage or {})},
+        selection=dict(getattr(det, "selection", {})),   # absent on detectors pickled before it existed
     )
+
+
+def score_definition(scoring: Scoring) -> str:
+    """The manifest's plain-words account of the image score."""
+    words = ("the largest patch score" if scoring.top_k == 1 else f"mean of the {scoring.top_k} largest patch scores")
+    if scoring.global_branch:
+        words += (" plus the global branch's term (the patches' per-channel mean and spread, scored by a Gaussian "
+                  "of good images; scoring.global_*)")
+    return words + "; patch score = -log p(patch feature), nats"
+
+
+def scoring_of(det: FittedDetector, config: TrainConfig) -> Scoring:
+    """The manifest's scoring section: the graph's own ``top_k`` and bandwidth, the density's level, and
+    the feature settings of the configuration fitted (after self-configuration, when it ran)."""
+    fitted = getattr(det, "config", None) or config       # detectors pickled before it existed lack it
+    m, d = fitted.model, fitted.density
+    top_k = int(det.scorer.top_k)
+    return Scoring(top_k=top_k, image_score=image_score_name(top_k),
+                   feature_strides=[int(s) for s in m.feature_strides], patch_pool=int(m.patch_pool),
+                   lite0_blocks=int(m.lite0_blocks) if det.backbone == "lite0" else None,
+                   whiten=bool(d.whiten), whiten_shrinkage=float(d.whiten_shrinkage),
+                   density_level=int(det.figures.get("level", d.level)), bandwidth=float(det.bandwidth),
+                   position_weight=float(getattr(getattr(det.scorer, "position", None), "weight", 0.0)),
+                   **_global_fields(getattr(det.scorer, "global_branch", None)))
+
+
+def _global_fields(branch) -> dict[str, Any]:
+    if branch is None:
+        return {}
+    return {"global_branch": True, "global_offset": float(branch.offset), "global_scale": float(branch.scale),
+            "global_weight": float(branch.weight)}
 
 
 def export_bundle(det: FittedDetector, out: str | Path, parity_images: np.ndarray, config: TrainConfig,

@@ -68,6 +68,7 @@ def run_train(data: str | Path, out: str | Path, config: TrainConfig | str | Pat
             "batch shifts the false-alarm rate: bench/results/accuracy.md). Add validation/good to calibrate "
             "on images taken the way the line takes them")
     det = fit_detector(images, cfg, say, groups, validation)
+    cfg = det.config or cfg   # the configuration fitted: self-configuration resolved
     training_data = {"source": str(ds.root), "layout": ds.layout, "n_images": len(used),
                      "fingerprint": fingerprint(used, ds.root), "skipped": errors}
     if val_used:
@@ -90,6 +91,7 @@ def run_train(data: str | Path, out: str | Path, config: TrainConfig | str | Pat
                "bandwidth": det.bandwidth, "parity_max_abs_score_diff": bundle.manifest.parity["max_abs_score_diff"],
                "precision": exported["precision"], "bundle_bytes": exported["bundle_bytes"],
                "checkpoint": str(ckpt_path) if ckpt_path is not None else None,
+               "configuration": det.selection.get("chosen", "as configured (self-configuration off)"),
                "seconds": round(time.perf_counter() - t0, 1)}
     if "gate" in exported:
         summary["gate"] = exported["gate"]

@@ -17,7 +17,9 @@ stopping: Ctrl-C or SIGTERM stops after the images in flight are recorded (a sec
 cameras: when scoring is slower than the camera, the oldest waiting frame is dropped (counted as
   dropped_frames in the summary) so verdicts stay current; use --every N or --workers to drop none.
 summary (stdout): results, inspected, flagged, errors, skipped_already_recorded, source_kind, stopped,
-  dropped_frames."""
+  dropped_frames, drift (the drift warning's final state), drift_warnings.
+drift: when far more images are flagged than the bundle's target false-alarm rate (5x, and a binomial
+  test), a warning goes to stderr and records get drift: true until the share falls below 2x."""
 
 
 def _say(msg: str) -> None:
@@ -78,26 +80,18 @@ def resolve_batch_size(batch_size: int | str, threads: int, workers: int) -> int
     return 1 if threads == 1 or workers > 1 else 8
 
 
-def _positive(kind):
+def _positive(kind, allow_zero: bool = False):
+    """An argparse type: a number of ``kind`` above 0 (at least 0 with ``allow_zero``)."""
     def parse(text: str):
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if v < 0 or (v == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if allow_zero else '>'} 0, got {text}")
         return v
     return parse
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -126,7 +120,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                                  heatmaps=not args.no_heatmaps, progress=_say, workers=args.workers,
                                  watch=args.watch, every=args.every, queue_size=args.queue_size,
                                  max_images=args.max_images, poll_s=args.poll, settle_s=args.settle,
-                                 idle_timeout_s=args.idle_timeout, stop=stop, fsync=args.fsync)
+                                 idle_timeout_s=args.idle_timeout, stop=stop, fsync=args.fsync,
+                                 drift_window=args.drift_window)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -192,7 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     opts = ServeOptions(host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, timeout_s=args.timeout,
                         threads=args.threads, workers=args.workers, max_connections=args.max_connections,
                         token=os.environ.get(TOKEN_ENV) or None, log_requests=not args.quiet,
-                        max_pixels=args.max_pixels)
+                        max_pixels=args.max_pixels, drift_window=args.drift_window)
     if not opts.token and args.host not in ("127.0.0.1", "localhost", "::1"):
         _say(f"linewatch serve: warning: listening on {args.host} without a token; set {TOKEN_ENV} to require one")
     return run(args.bundle, opts, announce=print_flush)
@@ -315,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description=textwrap.fill(
                                    "Score an image, a folder (recursive), a glob, a watched folder, a video file or a "
                                    "camera. Writes OUT/results.jsonl (one JSON object per image or frame: source, "
-                                   "score, threshold, anomalous, p_value, error, latency_ms, bundle, heatmap), "
+                                   "score, threshold, anomalous, p_value, error, latency_ms, bundle, heatmap, drift), "
                                    "appended and flushed per record, and OUT/heatmaps/*.png for flagged images. "
                                    "Re-running into the same OUT resumes: whatever is recorded is skipped, so after "
                                    "a crash or kill every input ends up recorded exactly once. Progress on stderr, "
@@ -332,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "that write to a hidden or non-image name and then rename it into place are safest")
     i.add_argument("--poll", type=_positive(float), default=0.2, metavar="S",
                    help="--watch: list the folder every S seconds (default 0.2)")
-    i.add_argument("--settle", type=_non_negative_float, default=0.5, metavar="S",
+    i.add_argument("--settle", type=_positive(float, allow_zero=True), default=0.5, metavar="S",
                    help="--watch: take a file once its size and time have not changed for S seconds (default 0.5); "
                         "0 takes files as soon as they are listed (only when writers rename complete files into place)")
     i.add_argument("--idle-timeout", type=_positive(float), metavar="S",
@@ -359,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
                    help="refuse images whose header declares more than N pixels (width x height) before decoding "
                         "them; the record gets an error and the run goes on (default 268435456 = 16384 x 16384)")
+    i.add_argument("--drift-window", type=_positive(int, allow_zero=True), default=200, metavar="N",
+                   help="warn of drift over the last N scored images (default 200; 0 = off)")
     i.set_defaults(func=cmd_inspect)
 
     ad = sub.add_parser("adapt", help="adapt a bundle to a few new good images (edge runtime, no torch)",
@@ -423,13 +420,13 @@ endpoints:
   POST /v1/inspect   body: the encoded image (PNG/JPEG/BMP/TIFF; Content-Type image/* or
                      application/octet-stream) or multipart/form-data with a part named 'image'.
                      -> JSON verdict: source, score, threshold, anomalous, p_value, latency_ms, bundle,
-                     bundle_version, server_ms. ?map=1 adds heatmap_png_base64 (PNG overlay).
+                     bundle_version, server_ms, drift. ?map=1 adds heatmap_png_base64 (PNG overlay).
   POST /v1/reload    body: empty (re-read the served folder) or {"bundle": "PATH"}. The new bundle is
                      verified and opened before it replaces the old one; requests in flight finish on
                      the old one. A bundle that cannot be loaded -> 422, the old one keeps serving.
-  GET  /healthz      {"status": "ok", "bundle": ID}; open even when a token is set.
+  GET  /healthz      {"status": "ok", "bundle": ID, "drift": BOOL}; open even when a token is set.
   GET  /metrics      Prometheus text format: requests, errors, latency histogram, flagged ratio,
-                     recent score quantiles, reloads, resident memory.
+                     recent score quantiles, drift (linewatch_drift 0/1), reloads, resident memory.
 
 authentication:
   LINEWATCH_TOKEN    when set (environment variable), every endpoint but /healthz requires
@@ -466,6 +463,8 @@ SIGTERM or SIGINT: stop accepting, let requests in flight finish (up to --timeou
     s.add_argument("--max-connections", type=int, default=64, metavar="N",
                    help="open connections served at once; more get 503 (default 64)")
     s.add_argument("--quiet", action="store_true", help="no log line per request on stderr")
+    s.add_argument("--drift-window", type=_positive(int, allow_zero=True), default=200, metavar="N",
+                   help="warn of drift over the last N scored images (default 200; 0 = off); a reload starts anew")
     s.set_defaults(func=cmd_serve)
 
     r = sub.add_parser("retrain", help="retrain with reviewed images; write the new bundle only if it is not worse",
@@ -550,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (OSError, ValueError, RuntimeError) as exc:
         _say(f"linewatch {args.command}: error: {exc}")
-        return 1
+        # a configuration that cannot be used is a bad command line, like a bad flag (checked before any work)
+        return 2 if type(exc).__name__ == "ConfigError" else 1
 
 
 if __name__ == "__main__":

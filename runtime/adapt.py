@@ -12,13 +12,13 @@ covers a few new good images (a new light, focus or region of the part):
    level (a density in the stack's top layer). Bundles without a stack (the default) have no chain,
    and a level-1 density under a stack (kept for ``linewatch augment``) has one whose codes are not
    the density's: both adapt with the new codes only.
-3. **New bank of the same size M** (the graph fixes M): a greedy k-centre coreset over the union of
-   the parent's centres and the new rows. Each parent centre carries the number of training patches
-   it stood for (``weight x N_parent``, where ``N_parent`` = training images x patches per image +
-   chain samples, as the training coreset's coverage weights were made); each new patch (or chain
-   sample) counts as one training patch. Every row not kept hands its mass to its nearest kept
-   centre, and the weights are the masses normalised. The bandwidth stays the parent's (it is baked
-   into the graph).
+3. **New bank of the same size M** (the graph fixes M): the weighted greedy k-centre coreset of
+   :mod:`.density` over the union of the parent's centres and the new rows. Each parent centre
+   carries the number of training patches it stood for (``weight x N_parent``, where ``N_parent`` =
+   training images x patches per image + chain samples, as the training coreset's coverage weights
+   were made); each new patch (or chain sample) counts as one training patch. Every row not kept
+   hands its mass to its nearest kept centre, and the weights are the masses normalised. The
+   bandwidth stays the parent's (it is baked into the graph).
 4. **Re-calibration** (see :func:`adapt_bundle` for exactly what holds):
 
    * with ``calibration_paths`` (good images of the conditions the line will see, not the adaptation
@@ -47,8 +47,9 @@ from typing import Any, Callable
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import Bundle, BundleError, write_bundle
+from .bundle import Bundle, BundleError, Scoring, write_bundle
 from .calibration import ConformalCalibrator
+from .density import PROJECTION_DIM, image_scores, log_density, weighted_kcenter
 from .density_params import DENSITY_FILE, DensityParams, read_density_params
 from .inspector import Inspector
 from .preprocess import ImageError, decode_image, preprocess
@@ -66,7 +67,7 @@ SLEEP_BEFORE_RENAME_ENV = "LINEWATCH_ADAPT_SLEEP_BEFORE_RENAME"
 
 
 # ---------------------------------------------------------------------------------------------------
-# The density in numpy
+# The bundle's density (the density itself: :mod:`.density`)
 
 
 def read_bundle_density(bundle: Bundle) -> DensityParams:
@@ -77,80 +78,6 @@ def read_bundle_density(bundle: Bundle) -> DensityParams:
                           "density cannot be adapted; re-export it with this linewatch (`linewatch export "
                           "--checkpoint CKPT --out BUNDLE`)")
     return read_density_params(bundle.file(layout["file"]).read_bytes(), layout, str(bundle.file(layout["file"])))
-
-
-def log_density(z: np.ndarray, params: DensityParams, block: int = 4096,
-                exclude: np.ndarray | None = None) -> np.ndarray:
-    """Rows ``z`` ``(P, d)`` in the density's space -> ``float64 (P,)`` log-density in nats, as the graph computes it
-    (``logsumexp_i(z . kernel_i + bias_i) - c |z|^2 - (d/2) log(2 pi s^2)``, ``s^2 = 1 / (2c)``).
-
-    ``exclude`` ``int (P,)``: for each row, a centre left out of its sum (``-1`` = none), e.g. the row's own
-    centre, to score a bank centre as if it were a held-out patch.
-    """
-    z = np.ascontiguousarray(z, dtype=np.float32)
-    d = z.shape[1]
-    log_norm = -0.5 * d * math.log(math.pi / params.c)
-    out = np.empty(z.shape[0], dtype=np.float64)
-    for i in range(0, z.shape[0], block):
-        zb = z[i:i + block]
-        a = (zb @ params.kernel).astype(np.float64) + params.bias          # (B, M), one sgemm
-        if exclude is not None:
-            rows = np.flatnonzero(exclude[i:i + block] >= 0)
-            a[rows, exclude[i:i + block][rows]] = -np.inf
-        top = a.max(axis=1)
-        lse = top + np.log(np.exp(a - top[:, None]).sum(axis=1))
-        out[i:i + block] = lse - params.c * np.einsum("ij,ij->i", zb, zb, dtype=np.float64) + log_norm
-    return out
-
-
-def image_scores(patch_scores: np.ndarray, top_k: int) -> np.ndarray:
-    """Patch scores ``(n, P)`` -> image scores ``float64 (n,)``: the mean of the ``top_k`` largest."""
-    k = min(int(top_k), patch_scores.shape[1])
-    return np.sort(patch_scores, axis=1)[:, -k:].mean(axis=1)
-
-
-def nearest_rows(x: np.ndarray, centres: np.ndarray, block: int = 4096) -> np.ndarray:
-    """Index ``int64 (N,)`` of each row's nearest ``centres`` row (squared Euclidean distance; sgemm in blocks)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    c = np.ascontiguousarray(centres, dtype=np.float32)
-    csq = np.einsum("ij,ij->i", c, c)
-    out = np.empty(x.shape[0], dtype=np.int64)
-    for i in range(0, x.shape[0], block):
-        out[i:i + block] = np.argmin(csq[None, :] - 2.0 * (x[i:i + block] @ c.T), axis=1)
-    return out
-
-
-def weighted_kcenter(x: np.ndarray, mass: np.ndarray, m: int, projection_dim: int = 32,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy k-centre coreset of ``m`` rows of ``x`` ``(N, d)`` whose rows carry ``mass`` ``(N,)``.
-
-    The first centre is the heaviest row; each next one is the row farthest from those kept (distances
-    in a Gaussian random projection to ``projection_dim`` dims, as training does). Every row then hands
-    its mass to its nearest kept centre (full-dimensional distances). Returns the kept row indices
-    ``int64 (m,)`` and their masses ``float64 (m,)`` (summing to ``mass.sum()``).
-    """
-    n = x.shape[0]
-    mass = np.asarray(mass, dtype=np.float64)
-    if m >= n:
-        return np.arange(n, dtype=np.int64), mass.copy()
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    xp = x
-    if 0 < projection_dim < x.shape[1]:
-        rng = np.random.default_rng(seed)
-        xp = x @ (rng.standard_normal((x.shape[1], projection_dim)).astype(np.float32) / projection_dim ** 0.5)
-    xp = np.ascontiguousarray(xp, dtype=np.float32)
-    chosen = np.empty(m, dtype=np.int64)
-    chosen[0] = j = int(np.argmax(mass))
-    diff = xp - xp[j]
-    dist = np.einsum("ij,ij->i", diff, diff)
-    for i in range(1, m):     # elementwise distances: numpy's matvec is slow on small machines
-        j = int(np.argmax(dist))
-        chosen[i] = j
-        diff = np.subtract(xp, xp[j], out=diff)
-        np.minimum(dist, np.einsum("ij,ij->i", diff, diff), out=dist)
-    owner = nearest_rows(x, x[chosen])
-    owner[chosen] = np.arange(m)            # a kept row owns itself (ties between duplicates)
-    return chosen, np.bincount(owner, weights=mass, minlength=m)
 
 
 def parent_patch_count(bundle: Bundle) -> float:
@@ -167,10 +94,13 @@ def parent_patch_count(bundle: Bundle) -> float:
     return float(n_images * m.model.map_height * m.model.map_width + int(m.density.get("chain_samples") or 0))
 
 
-def top_k_of(bundle: Bundle) -> int:
-    m = bundle.manifest
-    k = m.lineage.get("config", {}).get("scoring", {}).get("top_k") or 1
-    return min(int(k), m.model.map_height * m.model.map_width)
+def scoring_of(bundle: Bundle) -> Scoring:
+    """The bundle's scoring parameters; :class:`BundleError` when its manifest has none to give."""
+    if bundle.manifest.scoring is None:
+        raise BundleError(f"{bundle.path}: the manifest has no scoring section (nor a lineage.config to derive it "
+                          "from), so adaptation cannot re-score images as the graph does; re-export it with this "
+                          "linewatch")
+    return bundle.manifest.scoring
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,7 +201,7 @@ class AdaptedBank:
 
 
 def adapted_bank(parent: DensityParams, parent_patches: float, new_rows: np.ndarray, seed: int = 0,
-                 projection_dim: int = 32) -> AdaptedBank:
+                 projection_dim: int = PROJECTION_DIM) -> AdaptedBank:
     """The parent bank ``(M, d)`` with masses ``w x parent_patches`` and ``new_rows`` ``(K, d)`` of mass 1
     each -> a bank of the same ``M`` (see the module docstring)."""
     bank = parent.bank
@@ -347,10 +277,11 @@ def adapt_bundle(bundle: str | os.PathLike | Bundle, good_paths: list[str | os.P
         raise FileExistsError(f"{out}: already exists; choose another --out or pass --overwrite")
     if Path(out).resolve() == parent.path.resolve():
         raise ValueError(f"{out}: is the parent bundle itself; write the adapted bundle to a new folder")
+    scoring = scoring_of(parent)
+    density_level = scoring.density_level
     if chain_samples and not parent.manifest.chain:
         raise ValueError(f"{parent.path}: this bundle has no chain (density level "
-                         f"{parent.manifest.density.get('level', 1)}); adapt it with --chain-samples 0 (codes only)")
-    density_level = int(parent.manifest.density.get("level", 1))
+                         f"{density_level}); adapt it with --chain-samples 0 (codes only)")
     if chain_samples and int(parent.manifest.chain.get("sample_level", density_level)) != density_level:
         raise ValueError(f"{parent.path}: this bundle's chain samples live at stack level "
                          f"{parent.manifest.chain['sample_level']}, its density at level {density_level} (the chain "
@@ -358,7 +289,7 @@ def adapt_bundle(bundle: str | os.PathLike | Bundle, good_paths: list[str | os.P
     params = read_bundle_density(parent)
     m = parent.manifest
     alpha = float(m.decision.target_false_alarm_rate)
-    top_k = top_k_of(parent)
+    top_k = scoring.top_k
     n_parent = parent_patch_count(parent)
     insp = Inspector(parent, threads=threads)
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -101,12 +102,150 @@ class Calibration:
     false_alarm_rate_on_calibration: float = 0.0
 
 
+IMAGE_SCORE_MAX, IMAGE_SCORE_TOP_K = "max", "top-k mean"
+
+
+def image_score_name(top_k: int) -> str:
+    """The :attr:`Scoring.image_score` that goes with ``top_k``: ``"max"`` for 1, else ``"top-k mean"``."""
+    return IMAGE_SCORE_MAX if top_k == 1 else IMAGE_SCORE_TOP_K
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _rule(says: str, ok: Callable[[Any], bool], cast: Callable[[Any], Any] = lambda v: v) -> dict[str, Any]:
+    """A :class:`Scoring` field's check: ``ok(value)`` must hold (else the error says it must be ``says``),
+    then ``cast(value)`` is stored."""
+    return {"says": says, "ok": ok, "cast": cast}
+
+
+@dataclass
+class Scoring:
+    """How the graph scores, as the runtime needs it (``manifest["scoring"]``): read it here, never from
+    ``lineage.config``. ``top_k``: the image score is the mean of the ``top_k`` largest patch scores
+    (``image_score`` ``"max"`` when 1, else ``"top-k mean"``; ``linewatch.runtime.density``);
+    ``feature_strides``, ``patch_pool``, ``lite0_blocks`` (``None`` for other backbones): the level-1
+    features; ``whiten``, ``whiten_shrinkage``: their sphering; ``density_level``: the representation
+    level the density lives at; ``bandwidth``: the kernel std, feature units; ``global_*``: whether the graph
+    adds the global branch's term to the image score, and its fusion figures (nats).
+
+    To add a field: declare it below with ``metadata=_rule(...)`` and a default (the value bundles written
+    before it were made with, so they still load); :meth:`from_dict` then checks it, and
+    :func:`_scoring_from_config` derives it for bundles that predate this section.
+    """
+
+    top_k: int = field(metadata=_rule("an integer >= 1", lambda v: _is_int(v) and v >= 1))
+    image_score: str = field(metadata=_rule(f"{IMAGE_SCORE_MAX!r} or {IMAGE_SCORE_TOP_K!r}",
+                                            lambda v: v in (IMAGE_SCORE_MAX, IMAGE_SCORE_TOP_K)))
+    feature_strides: list[int] = field(metadata=_rule(
+        "a non-empty list of positive integers",
+        lambda v: isinstance(v, list) and bool(v) and all(_is_int(s) and s >= 1 for s in v), list))
+    patch_pool: int = field(metadata=_rule("an odd integer >= 1", lambda v: _is_int(v) and v >= 1 and v % 2 == 1))
+    lite0_blocks: int | None = field(metadata=_rule("an integer >= 1, or null for a backbone other than Lite0",
+                                                    lambda v: v is None or (_is_int(v) and v >= 1)))
+    whiten: bool = field(metadata=_rule("true or false", lambda v: isinstance(v, bool)))
+    whiten_shrinkage: float = field(metadata=_rule("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1,
+                                                   float))
+    density_level: int = field(metadata=_rule("an integer >= 1", lambda v: _is_int(v) and v >= 1))
+    bandwidth: float = field(metadata=_rule("a positive number", lambda v: _is_number(v) and v > 0, float))
+    # the global branch (training/global_branch.py): the graph adds weight * relu((s - offset) / scale) to the
+    # image score, s = 0.5 x the squared Mahalanobis distance of the patches' per-channel mean and spread
+    global_branch: bool = field(default=False, metadata=_rule("true or false", lambda v: isinstance(v, bool)))
+    global_offset: float = field(default=0.0, metadata=_rule("a number", _is_number, float))
+    global_scale: float = field(default=1.0, metadata=_rule("a positive number", lambda v: _is_number(v) and v > 0,
+                                                            float))
+    global_weight: float = field(default=0.0, metadata=_rule("a number >= 0", lambda v: _is_number(v) and v >= 0,
+                                                             float))
+    # the position code (training/position.py): weight x each patch's map coordinates in [-1, 1] appended to its
+    # density row (patch_features then has 2 more columns); 0 = none
+    position_weight: float = field(default=0.0, metadata=_rule("a number >= 0", lambda v: _is_number(v) and v >= 0,
+                                                               float))
+    # (fields added later go here, each with a default)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "manifest") -> "Scoring":
+        """Check and type ``manifest["scoring"]``; :class:`BundleError` naming the field otherwise."""
+        redo = "re-export the bundle with this linewatch"
+        if not isinstance(d, dict):
+            raise BundleError(f"{where}: scoring is not a JSON object; {redo}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise BundleError(f"{where}: scoring has unknown field(s) {unknown} (written by a newer linewatch?); "
+                              f"upgrade linewatch on this station or {redo}")
+        values = {}
+        for name, f in known.items():
+            if name not in d:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise BundleError(f"{where}: scoring.{name} is missing; {redo}")
+                continue
+            rule = f.metadata
+            if not rule["ok"](d[name]):
+                raise BundleError(f"{where}: scoring.{name} must be {rule['says']}, got {d[name]!r}; {redo}")
+            values[name] = rule["cast"](d[name])
+        out = cls(**values)
+        if out.image_score != image_score_name(out.top_k):
+            raise BundleError(f"{where}: scoring.image_score {out.image_score!r} contradicts scoring.top_k "
+                              f"{out.top_k} (it must be {image_score_name(out.top_k)!r}); {redo}")
+        return out
+
+    @classmethod
+    def from_manifest_dict(cls, d: dict[str, Any], where: str = "manifest") -> "Scoring | None":
+        """The manifest's scoring section; for bundles written before it existed, derived from
+        ``lineage.config`` (:func:`_scoring_from_config`); ``None`` when the manifest has neither."""
+        if d.get("scoring") is not None:
+            return cls.from_dict(d["scoring"], where)
+        config = (d.get("lineage") or {}).get("config")
+        if not isinstance(config, dict):
+            return None
+        return cls.from_dict(_scoring_from_config(d, config), f"{where} (scoring derived from lineage.config)")
+
+
+# What a bundle was trained with when its lineage.config predates a key: the first linewatch scored an
+# image by its largest patch score, used both taps of the backbone with 3 x 3 pooling, all 11 Lite0
+# blocks and no whitening, and put the density on level 1.
+_BEFORE_THE_KEY: dict[str, Any] = {"top_k": 1, "patch_pool": 3, "lite0_blocks": 11, "whiten": False,
+                                   "whiten_shrinkage": 0.0, "level": 1}
+_FIRST_STRIDES = {"lite0": [8, 16], "conv_ae": [2, 4]}
+
+
+def _scoring_from_config(d: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The scoring section of a manifest written before it existed, from its ``lineage.config`` (the
+    training configuration) and its density figures; :meth:`Scoring.from_dict` checks the result."""
+    def section(name: str) -> dict[str, Any]:
+        v = config.get(name)
+        return v if isinstance(v, dict) else {}
+
+    model, density, scoring, spec = section("model"), section("density"), section("scoring"), d.get("model") or {}
+    backbone = model.get("backbone", spec.get("backbone", "lite0"))
+    top_k = scoring.get("top_k", _BEFORE_THE_KEY["top_k"])
+    if _is_int(top_k):   # the graph never averages more patches than the map has
+        top_k = min(top_k, int(spec.get("map_height", 28)) * int(spec.get("map_width", 28)))
+    figures = d.get("density") or {}
+    return {"top_k": top_k, "image_score": image_score_name(top_k),
+            "feature_strides": model.get("feature_strides", _FIRST_STRIDES.get(backbone)),
+            "patch_pool": model.get("patch_pool", _BEFORE_THE_KEY["patch_pool"]),
+            "lite0_blocks": model.get("lite0_blocks", _BEFORE_THE_KEY["lite0_blocks"]) if backbone == "lite0" else None,
+            "whiten": density.get("whiten", _BEFORE_THE_KEY["whiten"]),
+            "whiten_shrinkage": density.get("whiten_shrinkage", _BEFORE_THE_KEY["whiten_shrinkage"]),
+            "density_level": figures.get("level", density.get("level", _BEFORE_THE_KEY["level"])),
+            "bandwidth": figures.get("bandwidth")}
+
+
 @dataclass
 class Manifest:
     model: ModelSpec
     input: InputSpec
     decision: Decision
     calibration: Calibration
+    # how the graph scores (typed; derived from lineage.config for bundles written before it existed, None
+    # only when a manifest has neither)
+    scoring: Scoring | None = None
     density: dict[str, Any] = field(default_factory=dict)
     training_data: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +258,9 @@ class Manifest:
     decoder: dict[str, Any] = field(default_factory=dict)
     # thumbnails + representations of good training images for `linewatch audit` (gallery.npz; empty without one)
     gallery: dict[str, Any] = field(default_factory=dict)
+    # how train chose the scoring configuration: every candidate, its proxy-validation figures, the choice
+    # (empty when self-configuration was off or the bundle predates it; the runtime never reads it)
+    selection: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     format: str = BUNDLE_FORMAT
@@ -153,6 +295,7 @@ class Manifest:
                 input=InputSpec.from_dict(d["input"]),
                 decision=Decision(**d["decision"]),
                 calibration=Calibration(**d["calibration"]),
+                scoring=Scoring.from_manifest_dict(d, where),
                 density=dict(d.get("density", {})),
                 training_data=dict(d.get("training_data", {})),
                 parity=dict(d.get("parity", {})),
@@ -161,6 +304,7 @@ class Manifest:
                 quantization=dict(d.get("quantization", {})),
                 decoder=dict(d.get("decoder", {})),
                 gallery=dict(d.get("gallery", {})),
+                selection=dict(d.get("selection", {})),
                 files=dict(d["files"]),
                 schema_version=version,
                 format=d["format"],

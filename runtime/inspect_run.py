@@ -10,6 +10,9 @@ fsynced) as soon as its verdict exists. It is the only state: re-running with th
 and bundle resumes, skipping every source id already recorded, so after a crash or a kill each input
 ends up recorded exactly once (a torn last line is ignored and the input re-scored). Unreadable
 inputs are recorded as errors, so they are not retried.
+
+Each record also says whether the drift warning (``runtime/drift_watch.py``) is on after it; a resumed
+run first replays the recorded verdicts into the warning's window.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from typing import Callable, Iterator, TextIO
 import cv2
 import numpy as np
 
+from .drift_watch import DRIFT_WINDOW, DriftWatch, change_message, warning_message, watch_bundle
 from .frame_queue import FrameQueue
 from .heatmap import overlay
 from .inspector import Inspector, Verdict
@@ -44,7 +48,9 @@ Scored = tuple[Verdict, "np.ndarray | None", "np.ndarray | None"]
 @dataclass
 class RunSummary:
     """What one run did. ``stopped``: ``end of source``, ``idle timeout``, ``max images`` or
-    ``stop requested`` (a signal); ``dropped_frames``: camera frames discarded by the queue."""
+    ``stop requested`` (a signal); ``dropped_frames``: camera frames discarded by the queue.
+    ``drift``: the drift warning's final state (None when off); ``drift_warnings``: how often it turned
+    on in this run (None: no drift watch ran, as in ``score-archive``; then neither is reported)."""
 
     results: Path
     inspected: int = 0
@@ -56,11 +62,16 @@ class RunSummary:
     stopped: str = "end of source"
     dropped_frames: int = 0
     queue_peak: int = 0
+    drift: dict | None = None
+    drift_warnings: int | None = None
 
     def to_dict(self) -> dict:
-        return {"results": str(self.results), "inspected": self.inspected, "flagged": self.flagged,
-                "errors": self.errors, "skipped_already_recorded": self.skipped_already_recorded,
-                "source_kind": self.source_kind, "stopped": self.stopped, "dropped_frames": self.dropped_frames}
+        out = {"results": str(self.results), "inspected": self.inspected, "flagged": self.flagged,
+               "errors": self.errors, "skipped_already_recorded": self.skipped_already_recorded,
+               "source_kind": self.source_kind, "stopped": self.stopped, "dropped_frames": self.dropped_frames}
+        if self.drift_warnings is not None:
+            out.update(drift=self.drift, drift_warnings=self.drift_warnings)
+        return out
 
 
 def read_results(path: str | os.PathLike) -> list[dict]:
@@ -83,12 +94,36 @@ def recorded_sources(results: str | os.PathLike, bundle_id: str) -> set[str]:
 
     Raises ``RuntimeError`` when the file holds results of another bundle than ``bundle_id``.
     """
+    return {r["source"] for r in _previous_records(results, bundle_id) if "source" in r}
+
+
+def _previous_records(results: str | os.PathLike, bundle_id: str) -> list[dict]:
+    """The records of ``results``, in file order; ``RuntimeError`` if another bundle wrote any of them."""
     previous = read_results(results)
     other = {r.get("bundle") for r in previous} - {bundle_id}
     if other:
         raise RuntimeError(f"{results}: holds results of another bundle ({', '.join(sorted(map(str, other)))}); "
                            "use a new --out folder for a new bundle")
-    return {r["source"] for r in previous if "source" in r}
+    return previous
+
+
+def _start_drift_watch(inspector: Inspector, window: int, previous: list[dict],
+                       say: Callable[[str], None]) -> DriftWatch | None:
+    """The run's drift watch (None for ``window == 0``), with the recorded verdicts replayed into it in
+    file order, so a resumed run goes on with the state an unbroken run would have."""
+    watch = watch_bundle(inspector.bundle.manifest, window)
+    if watch is None:
+        return None
+    target = inspector.bundle.manifest.decision.target_false_alarm_rate
+    if watch.target > target:
+        n = len(inspector.bundle.manifest.calibration.scores)
+        say(f"drift warning: measured against {100 * watch.target:.1f} % flagged, not the bundle's {100 * target:g} % "
+            f"target: with {n} calibration images its threshold flags about that share of good images")
+    for r in previous:
+        watch.observe(r.get("score"), r.get("anomalous"))
+    if watch.drift:                           # this run starts with the warning on: say so again
+        say(warning_message(watch.state()))
+    return watch
 
 
 def _heatmap_name(source: str, base: Path, index: int) -> str:
@@ -182,7 +217,7 @@ def run_inspection(inspector: Inspector, source: str, out: str | os.PathLike, ba
                    workers: int = 1, *, watch: bool = False, every: int = 1, queue_size: int = 8,
                    max_images: int | None = None, poll_s: float = 0.2, settle_s: float = 0.5,
                    idle_timeout_s: float | None = None, stop: threading.Event | None = None,
-                   fsync: bool = False) -> RunSummary:
+                   fsync: bool = False, drift_window: int = DRIFT_WINDOW) -> RunSummary:
     """Inspect ``source`` into ``out``; see the module docstring.
 
     Args:
@@ -197,19 +232,26 @@ def run_inspection(inspector: Inspector, source: str, out: str | os.PathLike, ba
         stop: set it (e.g. from a signal handler) to stop: frames already scored are recorded, the
             rest is left for the next run.
         fsync: ``os.fsync`` every record (survives power loss, not only a crash; costs a disk flush each).
+        drift_window: verdicts the drift warning looks back over (``runtime/drift_watch.py``); 0 = off.
     """
     if max_images is not None and int(max_images) < 1:
         raise ValueError(f"max_images must be >= 1, got {max_images}")
+    if int(drift_window) < 0:
+        raise ValueError(f"--drift-window must be >= 0 (0 = no drift warning), got {drift_window}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / RESULTS_NAME
-    done = recorded_sources(results, inspector.bundle.id)
+    previous = _previous_records(results, inspector.bundle.id)
+    done = {r["source"] for r in previous if "source" in r}
     src = open_source(source, done, watch=watch, every=every, poll_s=poll_s, settle_s=settle_s,
                       idle_timeout_s=idle_timeout_s, max_pixels=inspector.max_pixels, exclude=out)
     summary = RunSummary(results, skipped_already_recorded=len(done), source_kind=src.kind)
     say = progress or (lambda msg: None)
     if done:
         say(f"resuming: {len(done)} inputs already recorded in {results}")
+    monitor = _start_drift_watch(inspector, drift_window, previous, say)
+    summary.drift_warnings = int(monitor is not None and monitor.drift)
+    del previous                              # a watch runs for hours: do not hold every old record
     if watch:
         say(f"watching {source} for new images (every {poll_s:g} s; a file is taken once unchanged for "
             f"{settle_s:g} s); stop with Ctrl-C or SIGTERM"
@@ -237,6 +279,12 @@ def run_inspection(inspector: Inspector, source: str, out: str | os.PathLike, ba
                 _write_png_atomically(name, overlay(display_bgr(image), pmap, low, inspector.threshold))
                 rec["heatmap"] = str(name)
                 summary.heatmaps.append(str(name))
+            if monitor is not None:
+                change = monitor.observe(verdict.score, verdict.anomalous)
+                if change is not None:
+                    say(change_message(change))
+                    summary.drift_warnings += change.drift
+            rec["drift"] = None if monitor is None else monitor.drift
             log.write(json.dumps(rec) + "\n")
             log.flush()
             if fsync:
@@ -256,6 +304,7 @@ def run_inspection(inspector: Inspector, source: str, out: str | os.PathLike, ba
             summary.stopped = "stop requested" if stop.is_set() else src.stopped_reason
         summary.dropped_frames, summary.queue_peak = frames.dropped, frames.peak
         queue_stop.set()
+    summary.drift = None if monitor is None else monitor.state().to_dict()
     if summary.stopped != "end of source" or src.kind != "files":
         say(f"stopped ({summary.stopped}): {summary.inspected} inspected, {summary.flagged} flagged, "
             f"{summary.errors} errors" + (f", {summary.dropped_frames} frames dropped" if src.live else ""))

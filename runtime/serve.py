@@ -7,15 +7,17 @@ Endpoints (JSON in and out unless said otherwise):
   none), or ``multipart/form-data`` whose part named
   ``image`` or ``file`` (else the first part) holds it. Answers the verdict of
   :meth:`Inspector.inspect_image` (``source, score, threshold, anomalous, p_value, error,
-  latency_ms, bundle``) plus ``bundle_version`` and ``server_ms`` (body received -> answer ready).
+  latency_ms, bundle``) plus ``bundle_version``, ``server_ms`` (body received -> answer ready) and
+  ``drift``: whether the drift warning (:mod:`drift_watch`) is on after this image (None when off).
   ``?map=1`` adds ``heatmap_png_base64``: the heat-map overlay as a base64 PNG. ``?source=NAME``
   names the image in the verdict (default: the multipart file name, else ``request body``).
-* ``GET /healthz``: ``{"status": "ok", "bundle": ...}``; never needs the token.
+* ``GET /healthz``: ``{"status": "ok", "bundle": ..., "drift": ...}``; never needs the token. Drift does
+  not make it fail: the service works, its verdicts need a look.
 * ``GET /metrics``: Prometheus text format (:mod:`service_metrics`).
 * ``POST /v1/reload``: body empty or ``{"bundle": "PATH"}``. The new bundle is loaded and verified
   fully (checksums, onnxruntime session, graph check) before one reference is swapped; requests in
   flight finish with the inspector they started with. A bundle that cannot be loaded answers 422 and
-  the old bundle keeps serving.
+  the old bundle keeps serving. A new bundle starts a new drift window (a new calibration).
 
 Limits: bodies over ``max_body_bytes`` get 413 (decided from ``Content-Length`` before any byte of
 the body is read; ``Expect: 100-continue`` is answered only once the request passed every check),
@@ -50,6 +52,7 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 
 from .bundle import MANIFEST_NAME, Bundle, BundleError, sibling_prefix
+from .drift_watch import DRIFT_WINDOW, DriftWatch, change_message, watch_bundle
 from .heatmap import overlay
 from .inspector import Inspector
 from .preprocess import ImageError, decode_image, display_bgr
@@ -84,7 +87,8 @@ class ServeOptions:
     ``threads``: onnxruntime intra-op threads per image; ``workers``: images scored at once (0 = the
     CPUs available divided by ``threads``). ``token``: bearer token required on every endpoint except
     ``/healthz`` (None or empty = no authentication). ``timeout_s``: socket timeout, longest time to
-    receive a body, and longest wait for a scoring slot.
+    receive a body, and longest wait for a scoring slot. ``drift_window``: verdicts the drift warning
+    looks back over (0 = off).
     """
 
     host: str = "127.0.0.1"
@@ -98,6 +102,7 @@ class ServeOptions:
     log_requests: bool = True
     max_pixels: int = SERVE_MAX_PIXELS
     reload_retry_s: float = 2.0
+    drift_window: int = DRIFT_WINDOW
 
     def resolved_workers(self) -> int:
         return self.workers if self.workers > 0 else max(1, available_cpus() // max(1, self.threads))
@@ -175,7 +180,9 @@ class InspectionService:
     """The bundle being served and what is done with a request body, independent of HTTP.
 
     ``inspector`` is one reference, read once per request and replaced whole by :meth:`reload`, so a
-    request in flight keeps the inspector it started with.
+    request in flight keeps the inspector it started with. Each inspector comes with its own drift
+    watch (assigning ``inspector`` starts a new one), swapped in the same reference, so a request
+    finishing on the old bundle never counts towards the new bundle's window.
     """
 
     def __init__(self, bundle: str | os.PathLike, options: ServeOptions | None = None,
@@ -186,9 +193,30 @@ class InspectionService:
         self._reload_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.options.resolved_workers())
         self.inspector = self.load(self.bundle_path)
+        self.metrics.drift_source = self.drift_state
         self.metrics.set_bundle(**{k: v for k, v in bundle_version(self.inspector.bundle).items() if k != "path"})
 
     # ---- bundles
+
+    @property
+    def inspector(self) -> Inspector:
+        return self._served[0]
+
+    @inspector.setter
+    def inspector(self, inspector: Inspector) -> None:
+        """Serve ``inspector`` from now on, with a new drift window (one assignment: the swap)."""
+        self._served = (inspector, watch_bundle(inspector.bundle.manifest, self.options.drift_window))
+
+    @property
+    def drift(self) -> bool | None:
+        """Whether the drift warning is on for the bundle served now (None: no drift watch)."""
+        watch = self._served[1]
+        return None if watch is None else watch.drift
+
+    def drift_state(self) -> dict | None:
+        """The drift watch's state (:class:`drift_watch.DriftState` as a dict), or None when off."""
+        watch = self._served[1]
+        return None if watch is None else watch.state().to_dict()
 
     def load(self, path: str | os.PathLike) -> Inspector:
         """Load, verify and open ``path`` into a new :class:`Inspector` (does not serve it).
@@ -243,7 +271,7 @@ class InspectionService:
         """Encoded image bytes -> verdict dict. Raises :class:`ImageError` for undecodable data and
         :class:`HTTPError` 503 when no scoring slot frees up within ``timeout_s``."""
         t0 = time.perf_counter()
-        inspector = self.inspector                    # this request's inspector, whatever reloads do
+        inspector, watch = self._served               # this request's inspector, whatever reloads do
         if not self._slots.acquire(timeout=self.options.timeout_s):
             raise HTTPError(503, f"busy: {self.options.resolved_workers()} images are being scored and none "
                                  f"finished within {self.options.timeout_s:g} s; retry later",
@@ -265,10 +293,21 @@ class InspectionService:
                 out["heatmap_png_base64"] = base64.b64encode(png.tobytes()).decode("ascii")
         finally:
             self._slots.release()
+        out["drift"] = None if watch is None else self._observe_drift(watch, verdict.score, verdict.anomalous)
         seconds = time.perf_counter() - t0
         out["server_ms"] = round(1000 * seconds, 3)
         self.metrics.observe_inspection(seconds, verdict.score, bool(verdict.anomalous))
         return out
+
+    def _observe_drift(self, watch: DriftWatch, score: float, anomalous: bool) -> bool:
+        """Add a verdict to ``watch``; say on stderr when the warning turns on or off. -> the warning after it."""
+        change = watch.observe(score, anomalous)
+        if change is None:
+            return watch.drift
+        sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} linewatch serve: "
+                         f"{change_message(change)}\n")
+        sys.stderr.flush()
+        return change.drift
 
 
 def image_from_multipart(body: bytes, boundary: str | None) -> tuple[bytes, str | None]:
@@ -510,7 +549,7 @@ class ServiceHandler(BaseHTTPRequestHandler):
     def _healthz(self, query: dict[str, list[str]]) -> None:
         service = self.server.service
         self._send_json(200, {"status": "ok", "bundle": service.inspector.bundle.id,
-                              "uptime_s": round(time.time() - service.metrics.started, 1)})
+                              "uptime_s": round(time.time() - service.metrics.started, 1), "drift": service.drift})
 
     def _metrics(self, query: dict[str, list[str]]) -> None:
         self._send(200, self.server.metrics.render().encode(), METRICS_CONTENT_TYPE)

@@ -11,6 +11,9 @@ by :meth:`ServiceMetrics.render` in the Prometheus text exposition format (versi
   ``linewatch_flagged_ratio_recent`` (the share of the last ``window`` scored images that were flagged);
 * ``linewatch_score`` (a summary): quantiles 0.5 / 0.9 / 0.99 of the last ``window`` image scores
   (nats), with ``_sum`` and ``_count`` over all scored images;
+* ``linewatch_drift`` (1 while the drift warning is on, else 0), ``linewatch_drift_flagged_share``,
+  ``linewatch_drift_target`` and ``linewatch_drift_psi`` (NaN until the window has enough scores), from
+  :attr:`ServiceMetrics.drift_source` (a :class:`drift_watch.DriftState` dict); none when it is unset;
 * ``linewatch_in_flight_requests``, ``linewatch_reloads_total{result}``, ``linewatch_bundle_info``,
   ``linewatch_up_seconds`` and, on Linux, ``process_resident_memory_bytes``.
 """
@@ -20,6 +23,7 @@ import math
 import threading
 import time
 from collections import deque
+from typing import Callable
 
 # seconds; chosen around the 224-px bundle's 5-50 ms per image, up to a request stuck behind a queue
 LATENCY_BUCKETS_S = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -41,6 +45,10 @@ def _num(x: float) -> str:
     if math.isinf(x):
         return "+Inf" if x > 0 else "-Inf"
     return repr(float(x)) if not float(x).is_integer() else str(int(x))
+
+
+def _num_or_nan(x: float | None) -> str:
+    return _num(math.nan if x is None else x)
 
 
 def quantile(sorted_values: list[float], q: float) -> float:
@@ -67,7 +75,8 @@ def resident_memory_bytes() -> int | None:
 
 
 class ServiceMetrics:
-    """The service's metrics. ``window``: how many recent scored images the quantiles and ratio cover."""
+    """The service's metrics. ``window``: how many recent scored images the quantiles and ratio cover.
+    ``drift_source``: called at each :meth:`render` for the drift watch's state dict (or None: no gauges)."""
 
     def __init__(self, window: int = 1000, buckets_s: tuple[float, ...] = LATENCY_BUCKETS_S):
         self._lock = threading.Lock()
@@ -85,6 +94,7 @@ class ServiceMetrics:
         self._in_flight = 0
         self._reloads = {"ok": 0, "failed": 0}
         self._bundle: dict[str, str] = {}
+        self.drift_source: Callable[[], dict | None] | None = None
 
     # ---- updates (each takes the lock once)
 
@@ -193,6 +203,7 @@ class ServiceMetrics:
         out.append(f"linewatch_score_sum {_num(s['score_sum'])}")
         out.append(f"linewatch_score_count {s['inspected']}")
 
+        self._render_drift(family, out)
         family("linewatch_in_flight_requests", "gauge", "Requests being handled now.")
         out.append(f"linewatch_in_flight_requests {s['in_flight']}")
         family("linewatch_reloads_total", "counter", "Bundle reloads, by result.")
@@ -207,3 +218,18 @@ class ServiceMetrics:
             family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
             out.append(f"process_resident_memory_bytes {rss}")
         return "\n".join(out) + "\n"
+
+    def _render_drift(self, family: Callable[[str, str, str], None], out: list[str]) -> None:
+        """The drift gauges (none when there is no drift source or it answers None)."""
+        state = self.drift_source() if self.drift_source is not None else None
+        if state is None:
+            return
+        family("linewatch_drift", "gauge", "1 while the drift warning is on: far more images flagged than the "
+               "target false-alarm rate.")
+        out.append(f"linewatch_drift {int(bool(state['drift']))}")
+        family("linewatch_drift_flagged_share", "gauge", "Share of the drift window's images that were flagged.")
+        out.append(f"linewatch_drift_flagged_share {_num_or_nan(state['flagged_share'])}")
+        family("linewatch_drift_target", "gauge", "Flagged share expected without drift.")
+        out.append(f"linewatch_drift_target {_num(state['target'])}")
+        family("linewatch_drift_psi", "gauge", "PSI of the drift window's scores against the calibration scores.")
+        out.append(f"linewatch_drift_psi {_num_or_nan(state['psi'])}")

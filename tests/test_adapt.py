@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from linewatch.runtime.adapt import SLEEP_BEFORE_RENAME_ENV, log_density, read_bundle_density, weighted_kcenter
+from linewatch.runtime.adapt import SLEEP_BEFORE_RENAME_ENV, read_bundle_density
 from linewatch.runtime.bundle import Bundle, BundleError, seal_manifest
+from linewatch.runtime.density import log_density, weighted_kcenter
 from linewatch.runtime.inspector import Inspector
 from linewatch.runtime.preprocess import decode_image, preprocess
 

@@ -29,7 +29,7 @@ def test_errors_go_to_stderr_with_exit_1(tmp_path):
     (tmp_path / "cfg.yaml").write_text("density:\n  bank_sise: 10\n")
     (tmp_path / "imgs").mkdir()
     p = run("train", "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "b"), "--config", str(tmp_path / "cfg.yaml"))
-    assert p.returncode == 1 and "bank_sise" in p.stderr
+    assert p.returncode == 2 and "bank_sise" in p.stderr       # a bad configuration is a bad command line
 
 
 def test_train_prints_a_json_summary(small_category, tmp_path):

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,19 @@ def test_a_stored_config_without_lite0_blocks_keeps_the_11_blocks_it_was_trained
     assert config_from_stored({"model": {"image_size": 64}}, "old").model.lite0_blocks == 11
     assert config_from_stored({}, "old").model.lite0_blocks == 11
     assert config_from_stored({"model": {"lite0_blocks": 8}}, "new").model.lite0_blocks == 8
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"density": {"bank_size": "lots"}}, "config.density.bank_size must be a whole number, got 'lots'"),
+    ({"density": {"whiten": 1}}, "config.density.whiten must be true or false"),
+    ({"scoring": {"top_k": 2.5}}, "config.scoring.top_k must be a whole number"),
+    ({"model": {"feature_strides": [8, "x"]}}, "config.model.feature_strides must be a list"),
+    ({"model": {"feature_strides": 16}}, "config.model.feature_strides must be a list"),
+])
+def test_a_value_of_the_wrong_kind_is_named(bad, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        config_from_dict(bad)
+
+
+def test_whole_numbers_are_fine_where_a_number_is_asked():
+    assert config_from_dict({"density": {"bandwidth_factors": [1, 0.5], "whiten_shrinkage": 0}}).density.whiten_shrinkage == 0

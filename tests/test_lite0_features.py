@@ -43,7 +43,7 @@ def test_a_bundle_trained_on_8_blocks_runs_none_of_the_later_ones(small_category
     from conftest import SMALL_CONFIG
 
     out = tmp_path / "b8"
-    run_train(small_category, out, config_from_dict({**SMALL_CONFIG, "model": {"image_size": 64, "lite0_blocks": 8}}))
+    run_train(small_category, out, config_from_dict({**SMALL_CONFIG, "model": {"image_size": 64, "lite0_blocks": 8}, "autoconfig": {"enabled": False}}))
     man = Bundle.load(out).manifest
     assert man.density["feature_dim"] == 80
     names = [n.name for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node]

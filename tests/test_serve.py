@@ -7,6 +7,7 @@ import contextlib
 import gc
 import http.client
 import json
+import math
 import os
 import shutil
 import signal
@@ -395,3 +396,38 @@ def test_metrics_quantiles_buckets_and_escaping():
     text = m.render()
     assert 'linewatch_bundle_info{id="a\\"b\\\\c\\nd"} 1' in text
     assert 'linewatch_inspect_seconds_bucket{le="0.1"} 4' in text and "linewatch_score_count 5" in text
+
+
+def metric_rows(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_drift_shows_in_answers_healthz_and_metrics_and_a_reload_resets_it(small_bundle, small_category, capsys):
+    train = sorted((Path(small_category) / "train").rglob("*.png"))
+    good = [p.read_bytes() for p in train[:5]]
+    rng = np.random.default_rng(0)    # a much brighter lamp and a noisier sensor: far beyond the benign copies
+    bright = [cv2.imencode(".png", np.clip(cv2.imread(str(p)) * 2.0 + 40 + rng.normal(0, 25, (64, 64, 3)), 0, 255)
+                           .astype(np.uint8))[1].tobytes() for p in train[5:20]]
+    with running(small_bundle, drift_window=20) as server:
+        answers = [inspect(server, d)[1] for d in good + bright]
+        assert [a["anomalous"] for a in answers] == [False] * 5 + [True] * 15
+        # 20 images is the window (and so min_images): 15 of 20 flagged, far above 1/13, warns with the 20th
+        assert [a["drift"] for a in answers] == [False] * 19 + [True]
+        health = json.loads(call(server, "GET", "/healthz")[2])
+        assert health["status"] == "ok" and health["drift"] is True
+        rows = metric_rows(call(server, "GET", "/metrics")[2].decode())
+        assert rows["linewatch_drift"] == 1 and rows["linewatch_drift_flagged_share"] == pytest.approx(0.75)
+        assert rows["linewatch_drift_target"] == pytest.approx(1 / 13) and rows["linewatch_drift_psi"] > 0.25
+        assert call(server, "POST", "/v1/reload")[0] == 200                 # a new calibration: a new window
+        assert json.loads(call(server, "GET", "/healthz")[2])["drift"] is False
+        rows = metric_rows(call(server, "GET", "/metrics")[2].decode())
+        assert rows["linewatch_drift"] == 0 and math.isnan(rows["linewatch_drift_flagged_share"])
+        assert inspect(server, good[0])[1]["drift"] is False
+    err = capsys.readouterr().err
+    assert err.count("linewatch serve: warning: drift: 15 of the last 20 images flagged (75.0 %, target 7.7 %)") == 1
+
+    with running(small_bundle, drift_window=0) as server:
+        assert inspect(server, bright[0])[1]["drift"] is None
+        assert json.loads(call(server, "GET", "/healthz")[2])["drift"] is None
+        assert "linewatch_drift" not in call(server, "GET", "/metrics")[2].decode()

@@ -42,7 +42,8 @@ class DensityConfig:
     coreset_projection: int = 32     # random-projection dims used only to pick the coreset
     weighted: bool = True            # weight each bank point by the patches it stands for
     whiten: bool = True              # sphere the level-1 features with their training covariance first
-    whiten_shrinkage: float = 0.05   # covariance shrinkage towards the identity (training/whitening.py)
+    whiten_shrinkage: float = 0.3    # covariance shrinkage towards the identity (training/whitening.py)
+    benign_copies: int = 1           # benign-shifted copies of each training image added to the bank (0 = none)
     level: int = 1                   # representation level of the density: 1 = features, 2.. = stack codes
     folds: int = 5                   # cross-fitting folds for bandwidth choice and calibration scores
     bandwidth_patches: int = 20000   # held-out patches (over all folds) that choose the bandwidth
@@ -93,6 +94,17 @@ class DecoderConfig:
 @dataclass
 class ScoringConfig:
     top_k: int = 20                  # image score = mean of the top_k largest patch scores (bench/results/ablation.md)
+    global_branch: bool = False      # add the patches' image-level statistics to the score (training/global_branch.py)
+    position_weight: float = 0.0     # append weight x each patch's map coordinates to its row (training/position.py)
+
+
+@dataclass
+class AutoConfigConfig:
+    """Self-configuration (``training/autoconfig.py``): choose features, whitening and image score per product
+    by proxy validation on held-out training images. The configured values are where the search starts and
+    what it keeps unless another candidate is clearly better."""
+
+    enabled: bool = True
 
 
 @dataclass
@@ -121,6 +133,7 @@ class TrainConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    autoconfig: AutoConfigConfig = field(default_factory=AutoConfigConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     seed: int = 0
@@ -155,10 +168,17 @@ class TrainConfig:
                               "input_noise >= 0")
         if dec.start_images < 1:
             raise ConfigError("decoder.start_images must be at least 1")
+        if self.scoring.position_weight < 0:
+            raise ConfigError(f"scoring.position_weight must be >= 0 (0 = off), got {self.scoring.position_weight}")
+        if self.scoring.position_weight and (self.sampling.chain_samples or self.decoder.enabled):
+            raise ConfigError("scoring.position_weight cannot be combined with sampling.chain_samples or "
+                              "decoder.enabled (their samples and inputs have no position); set it to 0")
         if self.scoring.top_k < 1:
             raise ConfigError("scoring.top_k must be at least 1")
         if not 0 < self.calibration.target_false_alarm_rate < 0.5:
             raise ConfigError("calibration.target_false_alarm_rate must be in (0, 0.5)")
+        if not 0 <= self.density.benign_copies <= 8:
+            raise ConfigError(f"density.benign_copies must be in 0..8, got {self.density.benign_copies}")
         if self.density.folds < 2:
             raise ConfigError("density.folds must be at least 2")
         if self.density.bank_size < 16:
@@ -187,8 +207,24 @@ def _build(cls, data: Any, where: str):
         if dataclasses.is_dataclass(sub):
             kwargs[name] = _build(sub, value, f"{where}.{name}")
         else:
-            kwargs[name] = value
+            kwargs[name] = _checked(value, f.default if sub is None else sub(), f"{where}.{name}")
     return cls(**kwargs)
+
+
+def _checked(value: Any, default: Any, where: str) -> Any:
+    """``value`` if it has the kind of the option's default (bool, int, float (an int is fine), str, list)."""
+    kinds = {bool: "true or false", int: "a whole number", float: "a number", str: "text", list: "a list"}
+    kind = type(default)
+    ok = isinstance(value, bool) if kind is bool else \
+        isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else \
+        isinstance(value, kind) and not isinstance(value, bool) if kind in (int, list, str) else True
+    if not ok:
+        raise ConfigError(f"{where} must be {kinds.get(kind, kind.__name__)}, got {value!r}")
+    if kind is list and default and not all(isinstance(v, type(default[0])) or
+                                            (isinstance(default[0], float) and isinstance(v, int))
+                                            for v in value):
+        raise ConfigError(f"{where} must be a list in which each item is {kinds[type(default[0])]}, got {value!r}")
+    return value
 
 
 def config_from_dict(data: dict[str, Any] | None, where: str = "config") -> TrainConfig:
@@ -197,7 +233,8 @@ def config_from_dict(data: dict[str, Any] | None, where: str = "config") -> Trai
 
 # Keys whose default changed: a configuration stored before the key existed (a checkpoint's, a bundle's
 # lineage) was trained with the value on the right, not with today's default.
-_BEFORE_THE_KEY = {("model", "lite0_blocks"): 11}
+_BEFORE_THE_KEY = {("model", "lite0_blocks"): 11, ("autoconfig", "enabled"): False,
+                  ("density", "benign_copies"): 0}
 
 
 def config_from_stored(data: dict[str, Any], where: str) -> TrainConfig:

@@ -34,13 +34,18 @@ class PatchFeatures(nn.Module):
         self.pool = int(pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.backbone.features(x, self.taps)
-        size = maps[0].shape[-2:]
-        f = maps[0] if len(maps) == 1 else torch.cat(
-            [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], dim=1)
-        if self.pool > 1:
-            f = F.avg_pool2d(f, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
-        return f
+        return combine_taps(self.backbone.features(x, self.taps), self.pool)
+
+
+def combine_taps(maps: list[torch.Tensor], pool: int) -> torch.Tensor:
+    """Tap maps (finest first, each ``(N, C_t, h_t, w_t)``) -> ``(N, sum C_t, h_0, w_0)`` patch features:
+    coarser taps upsampled bilinearly to the finest grid, concatenated, then ``pool`` x ``pool`` averaged."""
+    size = maps[0].shape[-2:]
+    f = maps[0] if len(maps) == 1 else torch.cat(
+        [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], dim=1)
+    if pool > 1:
+        f = F.avg_pool2d(f, pool, stride=1, padding=pool // 2, count_include_pad=False)
+    return f
 
 
 def _taps_for(strides: list[int], by_stride: dict[int, int], what: str) -> tuple[int, ...]:

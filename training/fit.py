@@ -26,14 +26,19 @@ from ..runtime.calibration import ConformalCalibrator
 from ..runtime.preprocess import InputSpec
 from .backbones.conv_ae import train_conv_ae
 from .config import TrainConfig
-from .coreset import coverage_weights, greedy_coreset, nearest_index
+from .autoconfig import select_configuration
+from .bank import PatchBank, bandwidth_grid, build_bank
+from .folds import assign_folds, merge_near_duplicates
+from .global_branch import Fusion, GlobalBranch, GlobalGaussian, descriptors, out_of_fold_global
 from .features import PatchFeatures, conv_ae_patch_features, extract, lite0_features_for, to_patches
 from .levels import chain_samples, fit_stack
 from .parzen import ParzenDensity, log_density, log_density_grid
+from .position import PositionCode, with_position
+from .proxy_defects import benign_copies
 from .pixel_decoder import PixelDecoder, display_images, fit_pixel_decoder
 from .sampler import ChainStep
 from .scorer import PatchDensityScorer, image_score
-from .whitening import fit_whitening
+from .whitening import Whitening, fit_whitening
 
 Progress = Callable[[str], None]
 
@@ -46,14 +51,6 @@ def input_spec_for(config: TrainConfig) -> InputSpec:
     if m.channels == 3:
         return InputSpec(m.image_size, m.image_size, 3, "RGB", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     return InputSpec(m.image_size, m.image_size, 1, "GRAY", (0.5,), (0.5,))
-
-
-@dataclass
-class PatchBank:
-    """Kernel centres ``(M, D)`` and their weights ``(M,)`` (``None`` = uniform)."""
-
-    centres: np.ndarray
-    weights: np.ndarray | None
 
 
 @dataclass
@@ -111,17 +108,8 @@ class FittedDetector:
     chain: ChainExport | None = None
     calibration_method: str = CROSS_CONFORMAL
     decoder: DecoderExport | None = None
-
-
-def build_bank(patches: np.ndarray, config: TrainConfig, seed: int) -> PatchBank:
-    """``patches`` ``(P, D)`` -> a coreset bank of at most ``density.bank_size`` centres."""
-    d = config.density
-    rng = np.random.default_rng(seed)
-    cand = patches if patches.shape[0] <= d.max_candidates else \
-        patches[rng.choice(patches.shape[0], d.max_candidates, replace=False)]
-    idx = greedy_coreset(cand, d.bank_size, d.coreset_projection, seed)
-    centres = np.ascontiguousarray(cand[idx])
-    return PatchBank(centres, coverage_weights(cand, centres) if d.weighted else None)
+    config: TrainConfig | None = None        # the configuration fitted (after self-configuration)
+    selection: dict = field(default_factory=dict)   # the self-configuration's record (empty without one)
 
 
 def _features_module(images: np.ndarray, config: TrainConfig, progress: Progress) -> PatchFeatures:
@@ -133,21 +121,6 @@ def _features_module(images: np.ndarray, config: TrainConfig, progress: Progress
     ae = train_conv_ae(images, config.model.channels, ae_cfg.width, ae_cfg.epochs, ae_cfg.learning_rate,
                        ae_cfg.batch_size, config.seed, progress)
     return conv_ae_patch_features(ae, m.feature_strides, m.patch_pool)
-
-
-def assign_folds(groups: list[str], folds: int, seed: int) -> np.ndarray:
-    """Fold index ``int (N,)`` of each image; images of one group share a fold. Groups are shuffled,
-    then dealt to the fold with the fewest images so far (largest groups first)."""
-    names, inverse, sizes = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True,
-                                      return_counts=True)
-    k = min(folds, len(names))
-    order = np.random.default_rng(seed).permutation(len(names))
-    order = order[np.argsort(-sizes[order], kind="stable")]
-    load, fold_of_group = np.zeros(k), np.empty(len(names), dtype=np.int64)
-    for g in order:
-        fold_of_group[g] = int(np.argmin(load))
-        load[fold_of_group[g]] += sizes[g]
-    return fold_of_group[inverse]
 
 
 def extract_maps(images: np.ndarray, config: TrainConfig, progress: Progress | None = None
@@ -170,25 +143,61 @@ def fit_detector(images: np.ndarray, config: TrainConfig, progress: Progress | N
     ``groups`` (one label per image) keeps related images in the same cross-fitting fold; by default
     every image is its own group. ``validation``: held-out good images ``(V, C, H, W)``; when given,
     the threshold and p-values are calibrated on their scores under the final model (split-conformal)
-    instead of on the cross-fitted training scores.
+    instead of on the cross-fitted training scores. With ``autoconfig.enabled`` the scoring configuration
+    is chosen first (``training/autoconfig.py``); ``FittedDetector.config`` is the configuration fitted.
     """
     if images.shape[0] < 2:
         raise ValueError(f"training needs at least 2 good images, got {images.shape[0]}")
     t0 = time.perf_counter()
-    features, maps = extract_maps(images, config, progress)
+    say = progress or (lambda _m: None)
+    groups, joined = merge_near_duplicates(images, groups if groups is not None else
+                                           [str(i) for i in range(images.shape[0])])
+    if joined:
+        say(f"{joined} near-duplicate images joined the group of their copy, so cross-fitting never scores an "
+            "image against its own copy")
+    spec, k = input_spec_for(config), config.density.benign_copies
+    benign = benign_copies(images, spec.mean, spec.std, k, config.seed) if k else None
+    selection, maps, benign_maps = {}, None, None
+    if config.autoconfig.enabled:
+        config, selection, maps, benign_maps = select_configuration(images, groups, config, spec, benign, progress)
+    if maps is None:
+        features, maps = extract_maps(images, config, progress)
+        benign_maps = None if benign is None else extract(features, benign, config.batch_size)
+    else:
+        features = _features_module(images, config, say).eval()
     val_maps = None if validation is None else extract(features, validation, config.batch_size)
-    det = fit_on_maps(features, maps, config, progress, groups, val_maps, images=images)
+    det = fit_on_maps(features, maps, config, progress, groups, val_maps, images=images, benign_maps=benign_maps)
+    det.selection = selection
+    det.figures["near_duplicates_grouped"] = int(joined)
     det.figures["feature_seconds"] = round(time.perf_counter() - t0 - det.figures["fit_seconds"], 2)
     det.figures["fit_seconds"] = round(time.perf_counter() - t0, 2)
     return det
 
 
+def _level1_rows(maps: np.ndarray, benign_maps: np.ndarray | None, config: TrainConfig
+                 ) -> tuple[np.ndarray, np.ndarray, Whitening | None]:
+    """Level-1 rows ``(N, h*w, D)`` of the images and ``(B, h*w, D)`` of their benign copies (``B = 0``
+    without), sphered when ``density.whiten``; the sphering is fitted on both, so that it does not magnify
+    the directions in which a brighter lamp or a softer focus moves good patches."""
+    patches = to_patches(maps)
+    extra = to_patches(benign_maps) if benign_maps is not None else patches[:0]
+    if not config.density.whiten:
+        return patches, extra, None
+    dim = patches.shape[-1]
+    whitening = fit_whitening(np.concatenate([patches, extra]).reshape(-1, dim), config.density.whiten_shrinkage,
+                              seed=config.seed)
+    return whitening.transform(patches), whitening.transform(extra), whitening
+
+
 def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, progress: Progress | None = None,
                 groups: list[str] | None = None, validation_maps: np.ndarray | None = None,
-                images: np.ndarray | None = None) -> FittedDetector:
+                images: np.ndarray | None = None, benign_maps: np.ndarray | None = None) -> FittedDetector:
     """The density, bandwidth and calibration part of :func:`fit_detector`, on level-1 maps ``(N, D, h, w)``
     (and the held-out good images' maps ``(V, D, h, w)``, if any). ``images``: the model inputs
-    ``(N, C, H, W)`` the maps came from; needed only with ``decoder.enabled`` (pixel targets)."""
+    ``(N, C, H, W)`` the maps came from; needed only with ``decoder.enabled`` (pixel targets).
+    ``benign_maps`` ``(N * k, D, h, w)``: maps of ``k`` benign-shifted copies of each image (image ``i``'s
+    copies at rows ``i*k .. i*k+k-1``), which join the banks of the folds their image is in but are never
+    scored for calibration: the threshold stays exact for new images like the training images."""
     say = progress or (lambda _msg: None)
     n, dim, h, w = maps.shape
     fold_of = assign_folds(groups if groups is not None else [str(i) for i in range(n)],
@@ -200,36 +209,36 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
     t0 = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     level = config.density.level
-    patches = to_patches(maps)                                  # (N, h*w, D) level-1 features
-    whitening = None
-    if config.density.whiten:                                   # sphered level-1 features from here on
-        whitening = fit_whitening(patches.reshape(-1, dim), config.density.whiten_shrinkage, seed=config.seed)
-        patches = whitening.transform(patches)
+    patches, extra, whitening = _level1_rows(maps, benign_maps, config)   # (N, h*w, D), (B, h*w, D)
+    extra_fold = np.repeat(fold_of, extra.shape[0] // n) if extra.shape[0] else np.zeros(0, np.int64)
     rep = None
     if config.stack.widths:
         rep = fit_stack(patches.reshape(-1, dim), config.stack, config.seed, say)
     if rep is not None and level > 1:
         codes = rep.encode(patches.reshape(-1, dim), level).reshape(n, h * w, -1)
+        extra_codes = rep.encode(extra.reshape(-1, dim), level).reshape(extra.shape[0], h * w, -1)
     else:   # level 1 (a stack, if any, only drives the chain): the density sees the level-1 rows themselves
-        codes = patches
+        codes, extra_codes = patches, extra
+    global_rows, global_extra = codes, extra_codes          # the global branch sees the rows without position
+    if config.scoring.position_weight:
+        codes, extra_codes = (with_position(r, h, w, config.scoring.position_weight) for r in (codes, extra_codes))
     cdim = codes.shape[-1]
 
-    def bank_for(rows: np.ndarray, level1_rows: np.ndarray, seed: int) -> PatchBank:
+    def bank_for(rows: np.ndarray, level1_rows: np.ndarray, seed: int, fold: int | None = None) -> PatchBank:
         if config.sampling.chain_samples:
             rows = np.concatenate([rows, chain_samples(rep, level, level1_rows, config.sampling, seed)])
-        return build_bank(rows, config, seed)
+        copies = extra_codes if fold is None else extra_codes[extra_fold != fold]
+        return build_bank(np.concatenate([rows, copies.reshape(-1, cdim)]), config, seed)
 
-    factors = np.asarray(config.density.bandwidth_factors, dtype=np.float64)
     sample_per_fold = max(1, config.density.bandwidth_patches // folds)
     banks, grid, lls = [], None, []
     for k in range(folds):
         inside = fold_of != k
-        bank = bank_for(codes[inside].reshape(-1, cdim), patches[inside].reshape(-1, dim), config.seed + k)
+        bank = bank_for(codes[inside].reshape(-1, cdim), patches[inside].reshape(-1, dim), config.seed + k, k)
         z = codes[fold_of == k].reshape(-1, cdim)
         z = z[rng.choice(z.shape[0], min(sample_per_fold, z.shape[0]), replace=False)]
         if grid is None:   # one grid for all folds, scaled to the typical held-out-to-bank distance
-            _, d2 = nearest_index(z, bank.centres)
-            grid = factors * (float(np.sqrt(np.median(d2))) or 1.0)
+            grid = bandwidth_grid(z, bank, config)
         lls.append(log_density_grid(z, bank.centres, bank.weights, grid))
         banks.append(bank)
         say(f"cross-fitting fold {k + 1}/{folds}: bank of {bank.centres.shape[0]} patches")
@@ -246,12 +255,17 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
         oof_patch_scores[held] = -lp.reshape(-1, h * w)
     top_k = min(config.scoring.top_k, h * w)
     oof_image_scores = image_score(torch.from_numpy(oof_patch_scores.reshape(n, h, w)), top_k).numpy()
+    global_branch = None
+    if config.scoring.global_branch:
+        global_branch, oof_image_scores = fit_global_branch(global_rows, fold_of, oof_image_scores, global_extra,
+                                                            extra_fold)
 
     bank = bank_for(codes.reshape(-1, cdim), patches.reshape(-1, dim), config.seed + folds)
     density = ParzenDensity(bank.centres, bandwidth, bank.weights)
     stages = [m for m in (whitening, rep.encoder(level) if rep is not None and level > 1 else None) if m is not None]
     encoder = None if not stages else stages[0] if len(stages) == 1 else nn.Sequential(*stages)
-    scorer = PatchDensityScorer(features, density, top_k, encoder).eval()
+    position = PositionCode(h, w, config.scoring.position_weight) if config.scoring.position_weight else None
+    scorer = PatchDensityScorer(features, density, top_k, encoder, global_branch, position).eval()
     if validation_maps is None:
         method, calibration_scores = CROSS_CONFORMAL, oof_image_scores
     else:
@@ -287,7 +301,18 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
     return FittedDetector(scorer=scorer, input_spec=input_spec_for(config), calibrator=calibrator,
                           bandwidth=bandwidth, heatmap_low=float(np.median(oof_patch_scores)),
                           map_shape=(int(h), int(w)), backbone=config.model.backbone, figures=figures, chain=chain,
-                          calibration_method=method, decoder=decoder)
+                          calibration_method=method, decoder=decoder, config=config)
+
+
+def fit_global_branch(rows: np.ndarray, fold_of: np.ndarray, oof_image_scores: np.ndarray,
+                      extra: np.ndarray, extra_fold: np.ndarray) -> tuple[GlobalBranch, np.ndarray]:
+    """The global branch on the density's rows ``(N, P, d)`` of all training images (and ``extra`` rows
+    ``(B, P, d)`` of their benign copies, in folds ``extra_fold``), fused by their out-of-fold global and patch
+    image scores ``(N,)``; returns it and the out-of-fold fused image scores ``(N,)``."""
+    oof_global = out_of_fold_global(rows, fold_of, extra, extra_fold)
+    fusion = Fusion.from_good(oof_global, oof_image_scores)
+    branch = GlobalBranch(GlobalGaussian().fit(descriptors(np.concatenate([rows, extra]))), fusion).eval()
+    return branch, oof_image_scores + fusion.added(oof_global)
 
 
 def _fit_decoder(rows: np.ndarray, map_shape: tuple[int, int], images: np.ndarray | None, rep, state_level: int,
@@ -314,10 +339,15 @@ def _fit_decoder(rows: np.ndarray, map_shape: tuple[int, int], images: np.ndarra
 
 
 @torch.no_grad()
-def score_maps(scorer: PatchDensityScorer, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The scorer's head (encoder, density, image score) on level-1 maps ``(N, D, h, w)``: image scores
-    ``float32 (N,)`` and patch scores ``(N, h, w)``, equal to running the whole graph on the images."""
+def score_maps(scorer: PatchDensityScorer, maps: np.ndarray, block: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The scorer's head (encoder, position code, density, image score, global branch) on level-1 maps
+    ``(N, D, h, w)``, ``block`` images at a time: image scores ``float32 (N,)`` and patch scores ``(N, h, w)``,
+    equal to running the whole graph on the images."""
     n, d, h, w = maps.shape
-    z = scorer.encoder(torch.from_numpy(to_patches(maps).reshape(-1, d))).numpy()
-    patch = -log_density(scorer.density, z).reshape(n, h, w)
-    return image_score(torch.from_numpy(patch), scorer.top_k).numpy(), patch
+    scores, patches = [], []
+    for i in range(0, n, block):
+        z = scorer.encoder(torch.from_numpy(to_patches(maps[i:i + block]).reshape(-1, d)))
+        score, patch, _rows = scorer.head(z.reshape(-1, h * w, z.shape[1]))
+        scores.append(score.numpy())
+        patches.append(patch.numpy().reshape(-1, h, w))
+    return np.concatenate(scores), np.concatenate(patches)

@@ -1,12 +1,6 @@
-"""Gaussian-kernel Parzen density over a bank of feature vectors (optionally weighted).
-
-For a feature ``z`` in ``d`` dims, bank points ``mu_i`` with weights ``w_i`` (summing to 1) and
-bandwidth ``s``::
-
-    log p(z) = logsumexp_i( log w_i - ||z - mu_i||^2 / (2 s^2) ) - (d / 2) log(2 pi s^2)      [nats]
-
-Squared distances come from one matrix product (``||z||^2 - 2 z.mu + ||mu||^2``); the logsumexp
-subtracts its maximum, so far-away features give finite (very negative) log-densities.
+"""Torch forms of the Gaussian-kernel Parzen density that ``linewatch.runtime.density`` defines
+(formula, weights, exponent floor): the exported graph's module and the bandwidth-grid evaluation
+used while fitting.
 
 :meth:`ParzenDensity.forward` (the exported scoring graph) moves everything it can out of the
 ``(P, M)`` matrix: with ``c = 1 / (2 s^2)``,
@@ -15,15 +9,19 @@ is one matrix product plus a per-centre bias (both constants fold into the graph
 onnxruntime runs them as one Gemm), and ``c ||z||^2`` is the same for every centre, so it is
 subtracted after the logsumexp. That leaves four passes over the ``(P, M)`` matrix (Gemm, max,
 subtract-and-clamp, exp-and-sum) instead of nine; same value up to float32 rounding
-(``bench/results/latency.md``).
+(``bench/results/latency.md``). The kernel and bias themselves are made by
+:func:`~linewatch.runtime.density.parzen_params`, the runtime's definition.
+
+:func:`log_density_grid` evaluates many bandwidths from one set of squared distances (training's
+bandwidth search); the runtime has no use for it.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..runtime.density import EXP_FLOOR, kernel_c, log_norm, normalised_weights, parzen_params
 
 
 def sq_dists(z: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
@@ -31,14 +29,10 @@ def sq_dists(z: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torc
     return torch.clamp(torch.sum(z * z, dim=1, keepdim=True) - 2.0 * z @ bank.T + bank_sq, min=0.0)
 
 
-# Terms below exp(-80) relative to the largest are dropped (clamped): they change the sum by less than
-# 1e-34 relative, and computing them would produce subnormal floats, which are ~100x slower on x86.
-_EXP_FLOOR = -80.0
-
-
 def _logsumexp_rows(a: torch.Tensor) -> torch.Tensor:
+    """``(P, M)`` -> ``(P,)``: logsumexp over each row with the definition's exponent floor."""
     m = torch.max(a, dim=1, keepdim=True).values
-    return (m + torch.log(torch.sum(torch.exp(torch.clamp(a - m, min=_EXP_FLOOR)), dim=1, keepdim=True))).squeeze(1)
+    return (m + torch.log(torch.sum(torch.exp(torch.clamp(a - m, min=EXP_FLOOR)), dim=1, keepdim=True))).squeeze(1)
 
 
 class ParzenDensity(nn.Module):
@@ -53,21 +47,24 @@ class ParzenDensity(nn.Module):
         super().__init__()
         bank_t = torch.as_tensor(np.ascontiguousarray(bank, dtype=np.float32))
         m, d = bank_t.shape
-        w = np.full(m, 1.0 / m) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
         self.register_buffer("bank", bank_t)
         self.register_buffer("bank_sq", torch.sum(bank_t * bank_t, dim=1))
+        w = normalised_weights(weights, m)
         self.register_buffer("log_weights", torch.as_tensor(np.log(w), dtype=torch.float32))
         self.bandwidth = float(bandwidth)
         self.dim = int(d)
-        self.log_norm = float(-0.5 * d * math.log(2.0 * math.pi * bandwidth ** 2))
-        self._set_graph_parameters()
+        self.log_norm = log_norm(d, kernel_c(bandwidth))
+        self._set_graph_parameters(w)
 
-    def _set_graph_parameters(self) -> None:
+    def _set_graph_parameters(self, weights: np.ndarray | None = None) -> None:
         """The graph's two density parameters (named initialisers ``density.kernel`` / ``density.bias``,
-        which the exporter moves to the bundle's ``density.bin`` so the runtime can swap the bank)."""
-        c = 0.5 / self.bandwidth ** 2
-        self.register_buffer("kernel", (self.bank * (2.0 * c)).T.contiguous())      # (d, M) = 2c mu^T
-        self.register_buffer("bias", self.log_weights - self.bank_sq * c)             # (M,) = log w - c |mu|^2
+        which the exporter moves to the bundle's ``density.bin`` so the runtime can swap the bank), from the
+        bank and ``weights`` ``(M,)`` (by default the ones ``log_weights`` holds)."""
+        if weights is None:
+            weights = np.exp(self.log_weights.numpy().astype(np.float64))
+        p = parzen_params(self.bank.numpy(), self.bandwidth, weights)
+        self.register_buffer("kernel", torch.from_numpy(p.kernel.copy()))      # (d, M) = 2c mu^T
+        self.register_buffer("bias", torch.from_numpy(p.bias.copy()))          # (M,) = log w - c |mu|^2
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -75,9 +72,8 @@ class ParzenDensity(nn.Module):
             self._set_graph_parameters()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        c = 0.5 / self.bandwidth ** 2
         a = z @ self.kernel + self.bias                                               # (P, M), one Gemm
-        return _logsumexp_rows(a) - torch.sum(z * z, dim=1) * c + self.log_norm
+        return _logsumexp_rows(a) - torch.sum(z * z, dim=1) * kernel_c(self.bandwidth) + self.log_norm
 
 
 @torch.no_grad()
@@ -97,13 +93,12 @@ def log_density_grid(z: np.ndarray, bank: np.ndarray, weights: np.ndarray | None
     bt = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
     bsq = torch.sum(bt * bt, dim=1)
     m, d = bt.shape
-    w = np.full(m, 1.0 / m) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
-    logw = torch.as_tensor(np.log(w), dtype=torch.float32)
+    logw = torch.as_tensor(np.log(normalised_weights(weights, m)), dtype=torch.float32)
     zt = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
     out = np.empty((z.shape[0], len(bandwidths)), dtype=np.float64)
     for i in range(0, zt.shape[0], block):
         d2 = sq_dists(zt[i:i + block], bt, bsq)
         for g, s in enumerate(bandwidths):
-            lse = _logsumexp_rows(logw - d2 * float(0.5 / s ** 2)).double()
-            out[i:i + block, g] = (lse - 0.5 * d * math.log(2.0 * math.pi * s ** 2)).numpy()
+            lse = _logsumexp_rows(logw - d2 * kernel_c(s)).double()
+            out[i:i + block, g] = (lse + log_norm(d, kernel_c(s))).numpy()
     return out
