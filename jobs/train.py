@@ -16,7 +16,7 @@ from ..runtime.bundle import Bundle
 from ..training.checkpoint import default_checkpoint_path, make_checkpoint, save_checkpoint
 from ..training.config import TrainConfig, load_config
 from ..training.data import discover, fingerprint, load_images
-from ..training.fit import fit_detector, input_spec_for
+from ..training.fit import FittedDetector, fit_detector, input_spec_for
 from .export import export_checkpoint
 
 
@@ -84,16 +84,32 @@ def run_train(data: str | Path, out: str | Path, config: TrainConfig | str | Pat
             raise
         raise QuantizationGateError(f"{exc}. The checkpoint {ckpt_path} was kept: `linewatch export --checkpoint "
                                     f"{ckpt_path} --out {out}` writes the fp32 bundle without refitting") from exc
-    summary = {"bundle": str(out), "bundle_id": bundle.id, "n_images": len(used), "skipped": len(errors),
+    summary = _summary(out, bundle, det, exported, ckpt_path, len(used), len(errors), t0)
+    say(f"bundle written: {out} (threshold {summary['threshold']:.4g}, {summary['seconds']} s)")
+    return bundle, summary
+
+
+def _summary(out: Path, bundle: Bundle, det: FittedDetector, exported: dict, ckpt_path: Path | None, n_images: int,
+             n_skipped: int, t0: float) -> dict:
+    """The JSON summary ``train`` prints (see :func:`run_train`)."""
+    summary = {"bundle": str(out), "bundle_id": bundle.id, "n_images": n_images, "skipped": n_skipped,
                "threshold": bundle.manifest.decision.threshold,
                "target_false_alarm_rate": bundle.manifest.decision.target_false_alarm_rate,
                "target_reachable": bundle.manifest.calibration.target_reachable,
                "bandwidth": det.bandwidth, "parity_max_abs_score_diff": bundle.manifest.parity["max_abs_score_diff"],
                "precision": exported["precision"], "bundle_bytes": exported["bundle_bytes"],
                "checkpoint": str(ckpt_path) if ckpt_path is not None else None,
-               "configuration": det.selection.get("chosen", "as configured (self-configuration off)"),
+               "configuration": configuration_name(det.selection),
                "seconds": round(time.perf_counter() - t0, 1)}
     if "gate" in exported:
         summary["gate"] = exported["gate"]
-    say(f"bundle written: {out} (threshold {summary['threshold']:.4g}, {summary['seconds']} s)")
-    return bundle, summary
+    return summary
+
+
+def configuration_name(selection: dict) -> str:
+    """The summary's ``configuration``: the self-configuration's choice, or why the configured settings were used."""
+    if "chosen" in selection:
+        return selection["chosen"]
+    if "skipped" in selection:
+        return f"as configured (self-configuration skipped: {selection['skipped']})"
+    return "as configured (self-configuration off)"

@@ -278,7 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train on good images and write a bundle",
                        description="Fit a detector on good images only and write a verified bundle "
-                                   "(model.onnx + manifest.json). Progress goes to stderr; a JSON summary to stdout.")
+                                   "(model.onnx + manifest.json). Unless autoconfig.enabled is false, it first "
+                                   "chooses the features, whitening, position code, image score and global branch "
+                                   "for the product by proxy validation (README: How it decides). Progress goes to "
+                                   "stderr; a JSON summary to stdout.")
     t.add_argument("--data", required=True, metavar="DIR",
                    help="a folder of good images (recursive), or an MVTec-style category folder (train/good, test/...)")
     t.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write (must not exist)")

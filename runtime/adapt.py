@@ -100,6 +100,11 @@ def scoring_of(bundle: Bundle) -> Scoring:
         raise BundleError(f"{bundle.path}: the manifest has no scoring section (nor a lineage.config to derive it "
                           "from), so adaptation cannot re-score images as the graph does; re-export it with this "
                           "linewatch")
+    if bundle.manifest.scoring.global_branch:
+        # the branch's Gaussian lives in the graph and would not follow the new bank: its calibration would be wrong
+        raise BundleError(f"{bundle.path}: this bundle's score includes a global branch (scoring.global_branch), "
+                          "which adapt cannot re-fit on the station; fold the new images in with `linewatch "
+                          "retrain`, or train with autoconfig.enabled: false and scoring.global_branch: false")
     return bundle.manifest.scoring
 
 

@@ -132,7 +132,8 @@ class Scoring:
     ``feature_strides``, ``patch_pool``, ``lite0_blocks`` (``None`` for other backbones): the level-1
     features; ``whiten``, ``whiten_shrinkage``: their sphering; ``density_level``: the representation
     level the density lives at; ``bandwidth``: the kernel std, feature units; ``global_*``: whether the graph
-    adds the global branch's term to the image score, and its fusion figures (nats).
+    adds the global branch's term to the image score, and its fusion figures (nats); ``position_weight``: the
+    weight of the map coordinates appended to each density row (0 = none).
 
     To add a field: declare it below with ``metadata=_rule(...)`` and a default (the value bundles written
     before it were made with, so they still load); :meth:`from_dict` then checks it, and
@@ -259,7 +260,8 @@ class Manifest:
     # thumbnails + representations of good training images for `linewatch audit` (gallery.npz; empty without one)
     gallery: dict[str, Any] = field(default_factory=dict)
     # how train chose the scoring configuration: every candidate, its proxy-validation figures, the choice
-    # (empty when self-configuration was off or the bundle predates it; the runtime never reads it)
+    # (only the reason when it skipped itself; empty when it was off or the bundle predates it; the runtime
+    # never reads it)
     selection: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -342,6 +344,11 @@ class Bundle:
                 raise BundleError(f"{root}: no such bundle folder, but {left[0]} holds the bundle that was there "
                                   "before a replacement was interrupted; rename it back to "
                                   f"{root.name} (or write the bundle again)")
+            if root.is_file() and root.suffix == ".ckpt":
+                raise BundleError(f"{root}: is a training checkpoint, not a bundle; pass the bundle folder beside it, "
+                                  f"or write one with `linewatch export --checkpoint {root} --out BUNDLE`")
+            if root.is_file():
+                raise BundleError(f"{root}: is a file, not a bundle folder; pass the folder written by `linewatch train`")
             raise BundleError(f"{root}: no such bundle folder; pass the folder written by `linewatch train`")
         if not mpath.is_file():
             raise BundleError(f"{root}: {MANIFEST_NAME} is missing; this is not a complete linewatch bundle")

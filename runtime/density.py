@@ -1,8 +1,9 @@
 """The Parzen density, the image score and the bank's coreset: THE definition (numpy only).
 
 Everything that scores, fits or adapts a bank follows this module. The exported scoring graph and
-the training code compute the same things in torch (``linewatch.training.parzen``, ``.scorer``,
-``.coreset``); ``tests/test_density_forms.py`` checks that both forms agree.
+the training code compute the density and the image score in torch too (``linewatch.training.parzen``,
+``.scorer``); ``tests/test_density_forms.py`` checks that both forms agree. The coreset has no torch
+form: ``linewatch.training.coreset`` calls the functions here.
 
 **Log-density.** For a row ``z`` ``(d,)`` in the density's space, bank centres ``mu_i`` ``(M, d)``
 with weights ``w_i`` (non-negative, normalised to sum to 1) and kernel std ``s`` (the bandwidth, in

@@ -188,16 +188,22 @@ class DriftWatch:
                           psi=psi, ks=ks)
 
 
+def checked_window(window: int) -> int:
+    """``--drift-window`` as an ``int``; ``ValueError`` when it is negative (0 = off)."""
+    if int(window) < 0:
+        raise ValueError(f"--drift-window must be >= 0 (0 = no drift warning), got {window}")
+    return int(window)
+
+
 def watch_bundle(manifest, window: int = DRIFT_WINDOW, **kwargs) -> DriftWatch | None:
     """A :class:`DriftWatch` for a bundle's manifest (target: :func:`expected_false_alarm_rate` of its
     decision and calibration), or None for ``window == 0`` (off). Raises ``ValueError`` for ``window < 0``."""
-    if int(window) < 0:
-        raise ValueError(f"--drift-window must be >= 0 (0 = no drift warning), got {window}")
-    if int(window) == 0:
+    window = checked_window(window)
+    if window == 0:
         return None
     cal = manifest.calibration.scores
     target = expected_false_alarm_rate(manifest.decision.target_false_alarm_rate, cal, manifest.decision.threshold)
-    return DriftWatch(target, cal, window=int(window), **kwargs)
+    return DriftWatch(target, cal, window=window, **kwargs)
 
 
 def warning_message(state: DriftState) -> str:

@@ -32,7 +32,7 @@ from typing import Callable, Iterator, TextIO
 import cv2
 import numpy as np
 
-from .drift_watch import DRIFT_WINDOW, DriftWatch, change_message, warning_message, watch_bundle
+from .drift_watch import DRIFT_WINDOW, DriftWatch, change_message, checked_window, warning_message, watch_bundle
 from .frame_queue import FrameQueue
 from .heatmap import overlay
 from .inspector import Inspector, Verdict
@@ -236,8 +236,7 @@ def run_inspection(inspector: Inspector, source: str, out: str | os.PathLike, ba
     """
     if max_images is not None and int(max_images) < 1:
         raise ValueError(f"max_images must be >= 1, got {max_images}")
-    if int(drift_window) < 0:
-        raise ValueError(f"--drift-window must be >= 0 (0 = no drift warning), got {drift_window}")
+    checked_window(drift_window)             # before any file is made
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / RESULTS_NAME

@@ -270,3 +270,16 @@ def test_signed_parent_gives_a_signed_child(small_bundle, shifted, tmp_path, mon
     sign_bundle(parent)
     child, _ = adapt_bundle(parent, shifted["adapt"][:2], tmp_path / "b2", threads=1)
     assert Bundle.load(tmp_path / "b2").signature == VERIFIED
+
+
+def test_a_bundle_with_a_global_branch_is_refused_before_any_work(small_bundle):
+    import dataclasses
+
+    from linewatch.runtime.adapt import scoring_of
+    from linewatch.runtime.bundle import Bundle
+
+    b = Bundle.load(small_bundle)
+    fused = dataclasses.replace(b, manifest=dataclasses.replace(
+        b.manifest, scoring=dataclasses.replace(b.manifest.scoring, global_branch=True)))
+    with pytest.raises(BundleError, match="global branch.*linewatch retrain"):
+        scoring_of(fused)

@@ -42,3 +42,12 @@ def test_train_prints_a_json_summary(small_category, tmp_path):
     assert "cross-fitting" in p.stderr                        # progress is shown
     again = run("train", "--data", str(small_category), "--out", str(tmp_path / "b"), "--config", str(cfg))
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_a_file_where_a_folder_is_wanted_is_named_for_what_it_is(tmp_path):
+    (tmp_path / "part.png").write_bytes(b"x")
+    (tmp_path / "b.ckpt").write_bytes(b"x")
+    p = run("train", "--data", str(tmp_path / "part.png"), "--out", str(tmp_path / "new"))
+    assert p.returncode == 1 and "is a file; --data takes the folder" in p.stderr
+    p = run("inspect", "--bundle", str(tmp_path / "b.ckpt"), "--source", ".", "--out", str(tmp_path / "o"))
+    assert p.returncode == 1 and "is a training checkpoint" in p.stderr and "linewatch export" in p.stderr

@@ -7,18 +7,21 @@ maximum on textures and weaker for one small defect. So ``train`` measures the c
 itself by a **proxy validation**:
 
 1. A quarter of the training images (whole groups, as cross-fitting keeps them) is held out.
-2. The held-out images get synthetic defects (``training/proxy_defects.py``: cut-paste, blended blobs,
-   thin lines, colour spots, tints), and benign-shifted copies (brightness, blur, 1-2 px, JPEG) that count as
-   good: a configuration that flags a brighter lamp is as wrong as one that misses a stain.
+2. The held-out images (at most :data:`MAX_HELD_OUT`) get synthetic defects (``training/proxy_defects.py``:
+   cut-paste, blended blobs, thin lines, colour spots, tints), and benign-shifted copies (brightness, blur,
+   up to 2 px, JPEG) that count as good: a configuration that flags a brighter lamp is as wrong as one that
+   misses a stain.
 3. Each candidate's density is fitted on the other images, and its proxy AUROC is the image AUROC of
    the defective copies against the held-out good images and their benign copies.
 
 The backbone runs once: every candidate's features are built from the same Lite0 taps
 (stride 8, and stride 16 after blocks 7 and 10) by :func:`combine_taps`, exactly as the exported graph
 builds them. The search is staged, so that it costs a handful of density fits rather than the product
-of every option: features (strides, pooling, depth) at the default whitening and image score, then the
-whitening strength, then the image score (a re-aggregation, no refit). In each stage the default is kept
-unless another option beats it by :data:`MIN_GAIN` (the proxy is an estimate; a switch must be worth it).
+of every option: features (strides, pooling, depth) at the configured whitening and image score, then the
+whitening strength, then the position code, then the image score and then the global branch (these two
+re-aggregate cached patch scores, no refit). Each stage starts from the previous stage's choice (the first
+from the configured settings) and keeps it unless another option beats it by :data:`MIN_GAIN` (the proxy
+is an estimate; a switch must be worth it).
 """
 from __future__ import annotations
 
@@ -41,8 +44,7 @@ from .global_branch import Fusion, GlobalGaussian, descriptors
 from .position import with_position
 from .metrics import auroc
 from .parzen import log_density
-from .pixel_decoder import display_images
-from .proxy_defects import KINDS, proxy_images
+from .proxy_defects import KINDS, proxy_images, to_display, to_model_inputs
 from .whitening import fit_whitening
 
 Progress = Callable[[str], None]
@@ -58,7 +60,8 @@ TAPS = (TAP_STRIDE8, 7, 10)   # stride 8 (40 ch), stride 16 after block 7 (80 ch
 
 @dataclass(frozen=True)
 class Candidate:
-    """One scoring configuration: which Lite0 taps and pooling, whitening, image score."""
+    """One scoring configuration: which Lite0 taps and pooling, whitening, position code, image score and
+    whether the global branch is on. The shipped starting point is :data:`DEFAULT`, not the field defaults."""
 
     name: str
     feature_strides: tuple[int, ...] = (16,)
@@ -103,6 +106,7 @@ POSITION_OPTIONS = (0.0, 4.0, 12.0)   # training/position.py: 12 keeps a patch's
 
 
 def candidate_from_config(config: TrainConfig, name: str = "configured") -> Candidate:
+    """The candidate ``config`` describes (where the staged search starts)."""
     m, d = config.model, config.density
     return Candidate(name, tuple(sorted(m.feature_strides)), m.patch_pool, m.lite0_blocks, d.whiten,
                      d.whiten_shrinkage, config.scoring.top_k, config.scoring.global_branch,
@@ -150,12 +154,9 @@ def held_out_split(groups: list[str], seed: int) -> tuple[np.ndarray, np.ndarray
 def proxy_inputs(images: np.ndarray, held: np.ndarray, mean, std, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Model inputs of the held-out images' benign copies ``(H, C, H, W)`` and defective copies
     ``(H * DEFECTS_PER_IMAGE, C, H, W)`` (normalised like ``images``), and the defect kinds."""
-    disp = display_images(images[held], mean, std).transpose(0, 2, 3, 1)      # (H, h, w, C) in [0, 1]
+    disp = to_display(images[held], mean, std)                                # (H, h, w, C) in [0, 1]
     defects, benign, kinds = proxy_images(disp, disp, DEFECTS_PER_IMAGE, seed)
-    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
-    back = lambda x: np.ascontiguousarray((x.transpose(0, 3, 1, 2) - m) / s, dtype=np.float32)  # noqa: E731
-    return back(benign), back(defects), kinds
+    return to_model_inputs(benign, mean, std), to_model_inputs(defects, mean, std), kinds
 
 
 def proxy_scores(taps: dict[int, torch.Tensor], cand: Candidate, proxy: ProxySet, config: TrainConfig
@@ -273,9 +274,11 @@ def select_configuration(images: np.ndarray, groups: list[str], config: TrainCon
 
 
 def _search(start: Candidate, evaluate: Callable[[Candidate], dict], table: list[dict], say: Progress) -> Candidate:
-    """The staged search from ``start`` (the configured settings): features, whitening, image score."""
+    """The staged search from ``start`` (the configured settings): features, whitening, position code,
+    image score, global branch (module docstring); every candidate's figures are appended to ``table``."""
     features = [start.with_(f"configured: {_describe(start)}")] + [
-        o.with_(o.name, whiten=start.whiten, whiten_shrinkage=start.whiten_shrinkage, top_k=start.top_k)
+        o.with_(o.name, whiten=start.whiten, whiten_shrinkage=start.whiten_shrinkage, top_k=start.top_k,
+                position_weight=start.position_weight, global_branch=start.global_branch)
         for o in FEATURE_OPTIONS if (o.feature_strides, o.patch_pool, o.lite0_blocks)
         != (start.feature_strides, start.patch_pool, start.lite0_blocks)]
     best = _stage(features, evaluate, "features", table, say)

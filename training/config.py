@@ -100,9 +100,9 @@ class ScoringConfig:
 
 @dataclass
 class AutoConfigConfig:
-    """Self-configuration (``training/autoconfig.py``): choose features, whitening and image score per product
-    by proxy validation on held-out training images. The configured values are where the search starts and
-    what it keeps unless another candidate is clearly better."""
+    """Self-configuration (``training/autoconfig.py``): choose features, whitening, position code, image score
+    and global branch per product by proxy validation on held-out training images. The configured values are
+    where the search starts and what it keeps unless another candidate is clearly better."""
 
     enabled: bool = True
 

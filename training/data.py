@@ -60,6 +60,8 @@ class Dataset:
 def discover(root: str | Path) -> Dataset:
     """Find the training images (and, for MVTec layout, the labelled test images) under ``root``."""
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root}: is a file; --data takes the folder that holds the good images (e.g. {root.parent})")
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; pass a folder of good images or an MVTec-style category")
     good = root / "train" / "good"

@@ -1,5 +1,10 @@
 """Fitting the patch-density detector on good images only.
 
+0. With ``autoconfig.enabled``, the scoring configuration is chosen first by proxy validation
+   (``training/autoconfig.py``); everything below then runs with the chosen configuration. Near-duplicate
+   images are merged into one group (``training/folds.py``), and with ``density.benign_copies`` each
+   image gets benign-shifted copies (``training/proxy_defects.py``) that join the banks and the sphering
+   but are never scored for calibration.
 1. Level-1 patch features of every training image (frozen Lite0, or a conv autoencoder trained here),
    sphered with their training covariance when ``density.whiten`` is set (``training/whitening.py``);
    with ``stack.widths``, CAE levels above them, and the density at ``density.level`` (the stack is
@@ -10,7 +15,10 @@
    patches get log-densities for a grid of bandwidths. The bandwidth with the highest held-out mean
    log-likelihood wins. Each training image thereby gets an out-of-fold image score, which is what a
    new good image would score: these are the conformal calibration scores.
-3. The final bank is built from all images' patches with the chosen bandwidth.
+3. The final bank is built from all images' patches with the chosen bandwidth. With
+   ``scoring.position_weight`` the rows carry their map coordinates (``training/position.py``); with
+   ``scoring.global_branch`` the image score gets the global branch's term (``training/global_branch.py``),
+   fused on out-of-fold scores.
 """
 from __future__ import annotations
 
@@ -141,7 +149,8 @@ def fit_detector(images: np.ndarray, config: TrainConfig, progress: Progress | N
     """Fit on good images ``float32 (N, C, H, W)`` (model inputs from ``preprocess``).
 
     ``groups`` (one label per image) keeps related images in the same cross-fitting fold; by default
-    every image is its own group. ``validation``: held-out good images ``(V, C, H, W)``; when given,
+    every image is its own group. Near-duplicate images are merged into one group either way
+    (:func:`~.folds.merge_near_duplicates`). ``validation``: held-out good images ``(V, C, H, W)``; when given,
     the threshold and p-values are calibrated on their scores under the final model (split-conformal)
     instead of on the cross-fitted training scores. With ``autoconfig.enabled`` the scoring configuration
     is chosen first (``training/autoconfig.py``); ``FittedDetector.config`` is the configuration fitted.

@@ -38,13 +38,13 @@ def merge_near_duplicates(images: np.ndarray, groups: list[str]) -> tuple[list[s
     than a new part's and the threshold too low. Two images are near duplicates when their thumbnails are
     closer than :data:`NEAR_DUPLICATE_RATIO` x the median distance between two training images.
     Returns the new group of each image and how many images joined another group. The merge is skipped
-    (unchanged groups, 0) when it would leave fewer than two groups."""
-    t = thumbnails(images)
-    sq = np.einsum("ij,ij->i", t, t)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (t @ t.T), 0.0)
+    (unchanged groups, 0) for fewer than 3 images or when it would leave fewer than two groups."""
     n = len(groups)
     if n < 3:
         return list(groups), 0
+    t = thumbnails(images)
+    sq = np.einsum("ij,ij->i", t, t)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (t @ t.T), 0.0)
     limit = NEAR_DUPLICATE_RATIO ** 2 * float(np.median(d2[np.triu_indices(n, 1)]))
     parent = list(range(n))
 

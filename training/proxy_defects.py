@@ -15,7 +15,7 @@ draws its own with ``defect-synthesis`` and ``bench/suite_defects.py``, which th
   material, ink or coating), the kind of defect no single patch shows.
 
 Benign shifts are what a line sees without any defect: brightness x U(0.9, 1.1), a slight blur, a shift
-of a pixel or two, JPEG re-encoding; all at once, each at a random strength. Images are display images
+of up to two pixels, JPEG re-encoding; all at once, each at a random strength. Images are display images
 ``float32 (H, W, C)`` in [0, 1] (C = 1 or 3); sizes scale with the image side, so any resolution works.
 """
 from __future__ import annotations
@@ -167,12 +167,28 @@ def proxy_images(images: np.ndarray, donors: np.ndarray, per_image: int, seed: i
     return np.stack(defects), benign, kinds
 
 
+def _channel_stats(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    return (np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1),
+            np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1))
+
+
+def to_display(inputs: np.ndarray, mean, std) -> np.ndarray:
+    """Model inputs ``float32 (N, C, H, W)`` (normalised by ``mean`` and ``std``) -> display images
+    ``float32 (N, H, W, C)`` in [0, 1], as the functions above take them."""
+    m, s = _channel_stats(mean, std)
+    return np.clip(inputs * s + m, 0.0, 1.0).astype(np.float32, copy=False).transpose(0, 2, 3, 1)
+
+
+def to_model_inputs(display: np.ndarray, mean, std) -> np.ndarray:
+    """Display images ``(N, H, W, C)`` in [0, 1] -> model inputs ``float32 (N, C, H, W)``: :func:`to_display`
+    undone (up to its clipping)."""
+    m, s = _channel_stats(mean, std)
+    return np.ascontiguousarray((display.transpose(0, 3, 1, 2) - m) / s, dtype=np.float32)
+
+
 def benign_copies(inputs: np.ndarray, mean, std, copies: int, seed: int) -> np.ndarray:
     """``copies`` benign-shifted copies of each model input ``float32 (N, C, H, W)`` (normalised by ``mean``
     and ``std``): ``(N * copies, C, H, W)``, image ``i``'s copies at rows ``i*copies .. i*copies+copies-1``."""
-    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
-    disp = np.clip(inputs * s + m, 0.0, 1.0).transpose(0, 2, 3, 1)
     rng = np.random.default_rng(seed)
-    out = np.stack([benign_shift(img, rng) for img in disp for _ in range(copies)])
-    return np.ascontiguousarray((out.transpose(0, 3, 1, 2) - m) / s, dtype=np.float32)
+    out = np.stack([benign_shift(img, rng) for img in to_display(inputs, mean, std) for _ in range(copies)])
+    return to_model_inputs(out, mean, std)
