@@ -94,6 +94,14 @@ def _positive(kind, allow_zero: bool = False):
     return parse
 
 
+def _port(text: str) -> int:
+    """``--port``: a TCP port number, 0 (any free port) to 65535."""
+    v = _positive(int, allow_zero=True)(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 0..65535, got {text}")
+    return v
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -342,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most N images per model call; a stream never waits to fill a batch. auto (default): 1 "
                         "with --threads 1 or --workers > 1 (at one thread batching costs time per image and memory; "
                         "bench/results/latency.md), else 8")
-    i.add_argument("--threads", type=int, default=0, metavar="N", help="onnxruntime threads (default 0 = all cores)")
+    i.add_argument("--threads", type=_positive(int, allow_zero=True), default=0, metavar="N", help="onnxruntime threads (default 0 = all cores)")
     i.add_argument("--workers", type=_positive(int), default=1, metavar="N",
                    help="score N batches at once, each on a one-thread session (default 1). For throughput on a "
                         "multi-core machine over many files: --workers <cores> --batch-size 1 beat intra-op threads "
@@ -379,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--calibration", metavar="DIR",
                    help="good images taken the way the line will take them (not the --good images) to re-set the "
                         "threshold exactly (split-conformal; >= 99 images for a 1%% target)")
-    ad.add_argument("--threads", type=int, default=0, metavar="N", help="onnxruntime threads (default 0 = all cores)")
+    ad.add_argument("--threads", type=_positive(int, allow_zero=True), default=0, metavar="N", help="onnxruntime threads (default 0 = all cores)")
     ad.add_argument("--overwrite", action="store_true", help="replace an existing --out folder (atomically)")
     ad.set_defaults(func=cmd_adapt)
 
@@ -453,7 +461,7 @@ example:
 SIGTERM or SIGINT: stop accepting, let requests in flight finish (up to --timeout), exit 0.""")
     s.add_argument("--bundle", required=True, metavar="BUNDLE", help="bundle folder written by `linewatch train`")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
+    s.add_argument("--port", type=_port, default=8080, help="TCP port, 0..65535 (default 8080; 0 = any free port)")
     s.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024, metavar="N",
                    help="largest request body accepted (default 20971520 = 20 MiB)")
     s.add_argument("--max-pixels", type=int, default=50_000_000, metavar="N",

@@ -109,7 +109,7 @@ def decode_image(data: bytes | bytearray | memoryview, source: str | os.PathLike
     if header.pixels > max_pixels:
         raise ImageError(f"{name}: the {header.format} header declares {header.width}x{header.height} pixels, over "
                          f"the limit of {max_pixels} (refused before decoding); downscale it, or raise the limit "
-                         "(`linewatch inspect --max-pixels`) if such frames are expected")
+                         "(--max-pixels of the command that reads it) if such frames are expected")
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)

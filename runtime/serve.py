@@ -31,6 +31,7 @@ an unexpected failure is a 500 of that form and the service keeps running.
 from __future__ import annotations
 
 import base64
+import errno
 import functools
 import hmac
 import json
@@ -569,7 +570,14 @@ class ServiceHTTPServer(ThreadingHTTPServer):
         self._connections = threading.BoundedSemaphore(max(1, options.max_connections))
         if ":" in options.host:
             self.address_family = socket.AF_INET6
-        super().__init__((options.host, options.port), ServiceHandler)
+        try:
+            super().__init__((options.host, options.port), ServiceHandler)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(f"{options.host}:{options.port} is already in use; pass another --port or stop the "
+                              "process that holds it") from None
+            raise OSError(f"cannot listen on {options.host}:{options.port} ({exc.strerror}); check --host and "
+                          "--port") from None
 
     @property
     def url(self) -> str:

@@ -51,3 +51,18 @@ def test_a_file_where_a_folder_is_wanted_is_named_for_what_it_is(tmp_path):
     assert p.returncode == 1 and "is a file; --data takes the folder" in p.stderr
     p = run("inspect", "--bundle", str(tmp_path / "b.ckpt"), "--source", ".", "--out", str(tmp_path / "o"))
     assert p.returncode == 1 and "is a training checkpoint" in p.stderr and "linewatch export" in p.stderr
+
+
+def test_serve_refuses_a_port_out_of_range_and_names_one_in_use(tmp_path, small_bundle):
+    import socket
+
+    p = run("serve", "--bundle", str(small_bundle), "--port", "99999")
+    assert p.returncode == 2 and "a TCP port is 0..65535" in p.stderr and "Traceback" not in p.stderr
+    p = run("inspect", "--bundle", str(small_bundle), "--source", ".", "--out", str(tmp_path / "o"), "--threads", "-1")
+    assert p.returncode == 2 and "--threads: must be >= 0" in p.stderr
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        p = run("serve", "--bundle", str(small_bundle), "--port", str(port))
+    assert p.returncode == 1 and f"127.0.0.1:{port} is already in use" in p.stderr and "Errno" not in p.stderr
