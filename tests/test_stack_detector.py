@@ -88,3 +88,18 @@ def test_config_rules_for_levels():
         config_from_dict({"density": {"level": 2}})
     with pytest.raises(ConfigError, match="chain_samples"):
         config_from_dict({"stack": {"widths": [16]}, "sampling": {"chain_samples": 10}})
+
+
+def test_a_stack_density_fits_with_and_without_benign_copies():
+    import numpy as np
+    import torch
+
+    from linewatch.training.config import config_from_dict
+    from linewatch.training.fit import fit_on_maps
+
+    maps = np.random.default_rng(0).normal(size=(12, 8, 4, 4)).astype(np.float32)
+    cfg = config_from_dict({"stack": {"widths": [6], "epochs": 1}, "density": {"level": 2, "bank_size": 32,
+                                                                                  "folds": 3}})
+    for copies in (None, maps + 0.01):
+        det = fit_on_maps(torch.nn.Identity(), maps, cfg, benign_maps=copies)
+        assert np.isfinite(det.calibrator.threshold_)

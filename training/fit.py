@@ -225,7 +225,8 @@ def fit_on_maps(features: PatchFeatures, maps: np.ndarray, config: TrainConfig, 
         rep = fit_stack(patches.reshape(-1, dim), config.stack, config.seed, say)
     if rep is not None and level > 1:
         codes = rep.encode(patches.reshape(-1, dim), level).reshape(n, h * w, -1)
-        extra_codes = rep.encode(extra.reshape(-1, dim), level).reshape(extra.shape[0], h * w, -1)
+        extra_codes = (rep.encode(extra.reshape(-1, dim), level).reshape(extra.shape[0], h * w, -1)
+                       if extra.shape[0] else codes[:0])
     else:   # level 1 (a stack, if any, only drives the chain): the density sees the level-1 rows themselves
         codes, extra_codes = patches, extra
     global_rows, global_extra = codes, extra_codes          # the global branch sees the rows without position
