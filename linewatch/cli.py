@@ -560,8 +560,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (OSError, ValueError, RuntimeError) as exc:
         _say(f"linewatch {args.command}: error: {exc}")
+        from linewatch.training.config import ConfigError   # plain dataclasses: no torch, fine on the edge
+
         # a configuration that cannot be used is a bad command line, like a bad flag (checked before any work)
-        return 2 if type(exc).__name__ == "ConfigError" else 1
+        return 2 if isinstance(exc, ConfigError) else 1
 
 
 if __name__ == "__main__":
